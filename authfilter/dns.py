@@ -1,0 +1,262 @@
+"""The only code in authfilter that talks DNS.
+
+One asynchronous resolver per process (dnspython underneath) with
+
+* nameservers given with ports (``127.0.0.1:5302``, ``[::1]:53``) or the system's resolv.conf;
+* a per-query timeout and an optional per-message *deadline* (an absolute ``time.monotonic()``
+  value) that no lookup may outlive;
+* a bounded LRU cache of answers, NXDOMAIN and NODATA that honours TTLs (RFC 2308 negative
+  TTLs from the SOA); temporary failures are never cached;
+* coalescing: identical lookups in flight share one query;
+* one mapping of DNS outcomes to the words the RFCs use, in :class:`DnsAnswer.status`.
+
+The checks never see dnspython exceptions: they get a :class:`DnsAnswer`.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+
+OK = "ok"
+NXDOMAIN = "nxdomain"
+NODATA = "nodata"
+TEMPERROR = "temperror"   # timeout, SERVFAIL/REFUSED everywhere, deadline passed
+PERMERROR = "permerror"   # a name that cannot be asked (bad label, too long)
+
+SUPPORTED_TYPES = frozenset({"A", "AAAA", "TXT", "MX", "PTR", "CNAME", "NS", "SOA"})
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """Outcome of one lookup.
+
+    ``records`` by type: TXT -> ``bytes`` (the character-strings of one RR joined);
+    A/AAAA -> address ``str``; MX -> ``(preference, exchange)``; PTR/CNAME/NS -> target ``str``.
+    Host names are lower-case without the trailing dot.
+    """
+
+    name: str
+    rdtype: str
+    status: str
+    records: tuple = ()
+    canonical_name: str | None = None   # the owner name after following CNAMEs
+    ttl: int = 0
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def void(self) -> bool:
+        """No answer data: NXDOMAIN or NODATA (RFC 7208 section 4.6.4 "void lookup")."""
+        return self.status in (NXDOMAIN, NODATA)
+
+
+@dataclass(slots=True)
+class ResolverStats:
+    queries: int = 0
+    cache_hits: int = 0
+    coalesced: int = 0
+    failures: int = 0
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``"127.0.0.1:5302"`` -> ``("127.0.0.1", 5302)``; ``"[::1]:53"``, ``"::1"``, ``"10.0.0.1"``.
+
+    Raises ``ValueError`` naming the problem.
+    """
+    spec = spec.strip()
+    host, port = spec, 53
+    if spec.startswith("["):
+        host, sep, rest = spec[1:].partition("]")
+        if not sep:
+            raise ValueError(f"nameserver {spec!r}: missing ']'")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"nameserver {spec!r}: expected ':PORT' after ']'")
+            port = _port(spec, rest[1:])
+    elif spec.count(":") == 1:
+        host, _, p = spec.partition(":")
+        port = _port(spec, p)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"nameserver {spec!r}: {host!r} is not an IP address") from None
+    return host, port
+
+
+def _port(spec: str, text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"nameserver {spec!r}: bad port {text!r}")
+    return int(text)
+
+
+def normalize_name(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+class Resolver:
+    """Asynchronous, caching, coalescing DNS resolver (see module docstring)."""
+
+    def __init__(self, nameservers: Iterable[str] = (), *, timeout: float = 2.0,
+                 lifetime: float = 5.0, cache_size: int = 50_000, max_ttl: int = 86_400,
+                 negative_ttl: int = 900) -> None:
+        servers = [parse_nameserver(s) for s in nameservers]
+        if servers:
+            self._dns = dns.asyncresolver.Resolver(configure=False)
+            self._dns.nameservers = [dns.nameserver.Do53Nameserver(h, port=p) for h, p in servers]
+        else:
+            try:
+                self._dns = dns.asyncresolver.Resolver()          # /etc/resolv.conf
+            except (dns.resolver.NoResolverConfiguration, OSError):
+                self._dns = dns.asyncresolver.Resolver(configure=False)
+                self._dns.nameservers = ["127.0.0.1"]
+        self._dns.timeout = timeout
+        self._dns.lifetime = lifetime
+        self._dns.cache = None                                   # ours is cheaper and TTL-exact
+        self.nameservers = [f"{h}:{p}" for h, p in servers] or [str(n) for n in self._dns.nameservers]
+        self.lifetime = lifetime
+        self.cache_size = cache_size
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self.stats = ResolverStats()
+
+    # -- cache ---------------------------------------------------------------------------
+    def peek(self, name: str, rdtype: str) -> DnsAnswer | None:
+        """The cached answer if there is a fresh one; never does I/O."""
+        key = (normalize_name(name), rdtype.upper())
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        expires, answer = hit
+        if expires <= time.monotonic():
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return answer
+
+    def _store(self, key: tuple[str, str], answer: DnsAnswer) -> None:
+        if answer.status in (TEMPERROR,) or answer.ttl <= 0 or self.cache_size <= 0:
+            return
+        self._cache[key] = (time.monotonic() + answer.ttl, answer)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # -- lookups -------------------------------------------------------------------------
+    async def query(self, name: str, rdtype: str, *, deadline: float | None = None) -> DnsAnswer:
+        """Look ``name``/``rdtype`` up, from the cache when possible.
+
+        ``deadline`` is an absolute ``time.monotonic()`` value; past it the answer is
+        ``temperror`` without sending anything.
+        """
+        rdtype = rdtype.upper()
+        if rdtype not in SUPPORTED_TYPES:
+            raise ValueError(f"unsupported record type {rdtype}")
+        key = (normalize_name(name), rdtype)
+        cached = self.peek(*key)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return cached
+        loop = asyncio.get_running_loop()
+        pending = self._inflight.get(key)
+        if pending is not None and pending.get_loop() is loop:
+            self.stats.coalesced += 1
+            return await asyncio.shield(pending)
+        budget = self.lifetime
+        if deadline is not None:
+            budget = min(budget, deadline - time.monotonic())
+            if budget <= 0.01:
+                return DnsAnswer(key[0], rdtype, TEMPERROR, reason="DNS deadline for this message passed")
+        future = loop.create_future()
+        self._inflight[key] = future
+        try:
+            answer = await self._lookup(key[0], rdtype, budget)
+            future.set_result(answer)
+        except BaseException as exc:            # cancelled: let waiters see temperror
+            future.set_result(DnsAnswer(key[0], rdtype, TEMPERROR, reason="lookup cancelled"))
+            raise exc
+        finally:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+        self._store(key, answer)
+        return answer
+
+    async def _lookup(self, name: str, rdtype: str, budget: float) -> DnsAnswer:
+        self.stats.queries += 1
+        try:
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:
+            return DnsAnswer(name, rdtype, PERMERROR, reason=f"bad name {name!r}: {exc}")
+        try:
+            ans = await self._dns.resolve(qname, rdtype, search=False, raise_on_no_answer=False,
+                                          lifetime=budget)
+        except dns.resolver.NXDOMAIN as exc:
+            return DnsAnswer(name, rdtype, NXDOMAIN, ttl=self._negative_ttl(exc, qname),
+                             reason="NXDOMAIN")
+        except dns.resolver.YXDOMAIN:
+            return DnsAnswer(name, rdtype, PERMERROR, reason="name too long after DNAME")
+        except dns.exception.Timeout:
+            self.stats.failures += 1
+            return DnsAnswer(name, rdtype, TEMPERROR, reason=f"DNS timeout looking up {name} {rdtype}")
+        except dns.resolver.NoNameservers as exc:
+            self.stats.failures += 1
+            return DnsAnswer(name, rdtype, TEMPERROR, reason=_short(exc))
+        except dns.exception.DNSException as exc:         # malformed replies and the like
+            self.stats.failures += 1
+            return DnsAnswer(name, rdtype, TEMPERROR, reason=_short(exc))
+        except OSError as exc:                            # network unreachable
+            self.stats.failures += 1
+            return DnsAnswer(name, rdtype, TEMPERROR, reason=f"network error: {exc}")
+        ttl = max(0, int(ans.expiration - time.time()))
+        if ans.rrset is None:
+            return DnsAnswer(name, rdtype, NODATA, ttl=min(ttl, self.negative_ttl), reason="NODATA")
+        records = tuple(_convert(rdtype, rd) for rd in ans.rrset)
+        return DnsAnswer(name, rdtype, OK, records, normalize_name(ans.canonical_name.to_text()),
+                         min(ttl, self.max_ttl))
+
+    def _negative_ttl(self, exc: dns.resolver.NXDOMAIN, qname: dns.name.Name) -> int:
+        """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM) from the authority section."""
+        try:
+            response = exc.response(qname)
+        except (KeyError, AttributeError, TypeError):
+            return 60
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA:
+                return min(rrset.ttl, rrset[0].minimum, self.negative_ttl)
+        return 60
+
+
+def _convert(rdtype: str, rd) -> object:
+    if rdtype == "TXT":
+        return b"".join(rd.strings)
+    if rdtype in ("A", "AAAA"):
+        return rd.address
+    if rdtype == "MX":
+        return (rd.preference, normalize_name(rd.exchange.to_text()))
+    if rdtype in ("PTR", "CNAME", "NS"):
+        return normalize_name(rd.target.to_text())
+    return rd.to_text()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,83 @@
+"""Split a raw RFC 5322 message into header fields and body, once, in bulk.
+
+Every check works from one :class:`Message`.  Line ends are normalised to CRLF first (bare LF
+becomes CRLF, as dkimpy and OpenDKIM do), so canonicalization sees what went over the wire.
+Header fields keep their exact bytes: ``(name, value)`` where ``value`` is everything after the
+colon, folding and the final CRLF included (the same shape dkimpy uses), so DKIM
+canonicalization can work on them unchanged.
+
+Nothing here raises on bad input: a line in the header block that is neither a field nor a
+continuation is kept out of ``headers`` and described in ``errors``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MAX_HEADER_FIELDS = 10_000          # past this the rest of the header block is ignored (errors says so)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_FIELD_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.ASCII)   # RFC 5322 ftext, WSP before ':' tolerated
+
+
+def normalize_line_ends(raw: bytes) -> bytes:
+    """Bare LF -> CRLF; a no-op (one C-speed count) for proper CRLF input."""
+    if raw.count(b"\n") != raw.count(b"\r\n"):
+        return _BARE_LF.sub(b"\r\n", raw)
+    return raw
+
+
+@dataclass(slots=True)
+class Message:
+    raw: bytes                                   # CRLF-normalised whole message
+    headers: list[tuple[bytes, bytes]]           # (name, value-after-colon incl. final CRLF)
+    body: bytes                                  # after the empty line; b"" when there is none
+    header_length: int                           # bytes of raw before the body
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "Message":
+        raw = normalize_line_ends(raw)
+        errors: list[str] = []
+        if raw.startswith(b"\r\n"):
+            head, body, header_length = b"", raw[2:], 2
+        else:
+            end = raw.find(b"\r\n\r\n")
+            if end < 0:
+                head = raw if raw.endswith(b"\r\n") or not raw else raw + b"\r\n"
+                body, header_length = b"", len(raw)
+                if raw:
+                    errors.append("no empty line between header and body")
+            else:
+                head, body, header_length = raw[:end + 2], raw[end + 4:], end + 4
+        headers: list[tuple[bytes, bytes]] = []
+        for line in head.split(b"\r\n")[:-1] if head else ():
+            if line[:1] in (b" ", b"\t"):
+                if headers:
+                    name, value = headers[-1]
+                    headers[-1] = (name, value + line + b"\r\n")
+                else:
+                    errors.append("header block starts with a continuation line")
+                continue
+            if len(headers) >= MAX_HEADER_FIELDS:
+                errors.append(f"more than {MAX_HEADER_FIELDS} header fields; the rest ignored")
+                break
+            m = _FIELD_LINE.match(line)
+            if m is None:
+                errors.append(f"malformed header line: {line[:60]!r}")
+                continue
+            headers.append((m.group(1), line[m.end():] + b"\r\n"))
+        return cls(raw, headers, body, header_length, errors)
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        """Values of every field called ``name`` (case-insensitive), top to bottom."""
+        lname = name.lower()
+        return [v for n, v in self.headers if n.lower() == lname]
+
+    def count(self, name: bytes) -> int:
+        lname = name.lower()
+        return sum(1 for n, _ in self.headers if n.lower() == lname)
+
+
+def unfold(value: bytes) -> bytes:
+    """A header value with folding CRLFs removed and outer whitespace stripped (RFC 5322 s. 2.2.3)."""
+    return value.replace(b"\r\n", b"").strip(b" \t")

@@ -1,0 +1,124 @@
+"""Typed inputs and outputs of the verification engine.
+
+Every check returns one of these small frozen objects.  Result words are the ones RFC 8601
+registers for the method (``pass``, ``fail``, ``none``, ``temperror``, ``permerror`` ...), so
+they can go straight into an Authentication-Results header, a log line or JSON.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the SMTP session tells us about a message (RFC 5321 envelope and client).
+
+    ``mail_from`` is the reverse-path without angle brackets; ``""`` is the null sender and
+    ``None`` means "not given" (e.g. ``authfilter check`` without ``--mail-from``).
+    """
+
+    client_ip: IPAddress
+    helo: str | None = None
+    mail_from: str | None = None
+    recipients: tuple[str, ...] = ()
+    trusted: bool = False
+
+    @classmethod
+    def create(cls, client_ip: str, helo: str | None = None, mail_from: str | None = None,
+               recipients: tuple[str, ...] | list[str] = (), trusted: bool = False) -> "SessionFacts":
+        return cls(ipaddress.ip_address(client_ip), helo or None, mail_from,
+                   tuple(recipients), trusted)
+
+
+@dataclass(frozen=True, slots=True)
+class SpfResult:
+    """RFC 7208 result for one identity (``mailfrom`` or ``helo``)."""
+
+    result: str                     # none neutral pass fail softfail temperror permerror
+    identity: str                   # "mailfrom" | "helo"
+    domain: str | None              # the domain the check was about
+    sender: str | None = None       # the full identity checked (local@domain or postmaster@helo)
+    reason: str | None = None       # explanation or error text
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DkimResult:
+    """Result of verifying one DKIM-Signature header field (RFC 6376 / 8301 / 8463)."""
+
+    result: str                     # pass fail neutral policy temperror permerror
+    domain: str | None              # d=
+    selector: str | None            # s=
+    algorithm: str | None           # a=
+    identity: str | None = None     # i=
+    header_b: str | None = None     # first 8+ characters of b= (RFC 6008 header.b)
+    key_bits: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ArcResult:
+    """RFC 8617 chain validation: cv= of the chain as it arrived."""
+
+    result: str                     # none pass fail
+    instances: int = 0
+    sealers: tuple[str, ...] = ()   # d= of each ARC-Seal, instance 1 first
+    oldest_pass: int | None = None  # lowest instance whose AMS still validates (RFC 8617 s. 5.2)
+    ams_domain: str | None = None   # d= of the newest ARC-Message-Signature
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sealers"] = list(self.sealers)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcResult:
+    """DMARC evaluation (RFC 9989, or RFC 7489 in compatibility mode)."""
+
+    result: str                     # pass fail none temperror permerror
+    from_domain: str | None
+    policy_domain: str | None = None    # where the record was found
+    org_domain: str | None = None
+    policy: str = "none"                # what the record asks for this From domain (p/sp/np)
+    disposition: str = "none"           # what a receiver honouring it applies
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
+    testing: bool = False               # t=y (RFC 9989) or pct<100 sampled out (RFC 7489)
+    record: dict[str, str] | None = None  # the parsed tags of the record used
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Everything the engine found out about one message."""
+
+    spf: SpfResult
+    dkim: tuple[DkimResult, ...]
+    arc: ArcResult
+    dmarc: DmarcResult
+    helo_spf: SpfResult | None = None   # the separate, labelled HELO check when configured
+    errors: tuple[str, ...] = field(default=())  # problems with the message itself
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spf": self.spf.to_dict(),
+            "helo_spf": self.helo_spf.to_dict() if self.helo_spf else None,
+            "dkim": [d.to_dict() for d in self.dkim],
+            "arc": self.arc.to_dict(),
+            "dmarc": self.dmarc.to_dict(),
+            "errors": list(self.errors),
+        }
