@@ -1,0 +1,137 @@
+"""Authentication-Results (RFC 8601): build ours, remove forged ones.
+
+We write the header ourselves rather than through the ``authres`` package: building is a few
+string joins, and we need properties the package has no keyword for (``header.b``, RFC 9989's
+``policy.dmarc``).  The tests parse what we write with ``authres`` to prove it is well formed.
+
+Stripping (RFC 8601 §5): any Authentication-Results field whose authserv-id equals ours was not
+written by us for this message (we add ours after stripping), so it is removed.  Only the
+authserv-id is read, with a small grammar, not the whole header (parsing costs milliseconds).
+"""
+from __future__ import annotations
+
+import re
+
+from .message import normalize_line_ends
+from .results import SessionFacts, SpfResult, Verdict
+
+HEADER_NAME = "Authentication-Results"
+MAX_COMMENT = 200
+
+# RFC 2045 token: no CTLs, SPACE or tspecials.  RFC 8601 pvalue also allows "@" and "." inside.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~@/]+$")
+
+
+def _value(v: str) -> str:
+    """A property value: bare when it is a token or local@domain, else a quoted-string."""
+    if v and _TOKEN.match(v) and v.count("@") <= 1:
+        return v
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment(text: str | None) -> str:
+    if not text:
+        return ""
+    text = " ".join(text.split())  # one line: no CR/LF/tabs from DNS or library messages
+    if len(text) > MAX_COMMENT:
+        text = text[:MAX_COMMENT - 3] + "..."
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return " (" + re.sub(r"([()\\])", r"\\\1", text) + ")"
+
+
+def _spf(result: SpfResult, facts: SessionFacts) -> str:
+    out = f"spf={result.result}{_comment(result.reason or f'client {facts.client_ip}')}"
+    if result.identity == "helo":
+        return out + (f" smtp.helo={_value(result.domain)}" if result.domain else "")
+    if result.domain:
+        out += f" smtp.mailfrom={_value(result.sender or result.domain)}"
+    return out
+
+
+def result_strings(facts: SessionFacts, verdict: Verdict) -> list[str]:
+    """One ``method=result ...`` string per result, in the order they appear in the header."""
+    parts = [_spf(verdict.spf, facts)]
+    if verdict.helo_spf is not None:
+        parts.append(_spf(verdict.helo_spf, facts))
+    if not verdict.dkim:
+        parts.append("dkim=none")
+    for d in verdict.dkim:
+        s = f"dkim={d.result}{_comment(d.reason)}"
+        for prop, val in (("header.d", d.domain), ("header.i", d.identity), ("header.s", d.selector),
+                          ("header.a", d.algorithm), ("header.b", d.header_b)):
+            if val:
+                s += f" {prop}={_value(val)}"
+        parts.append(s)
+    a = verdict.arc
+    s = f"arc={a.result}{_comment(a.reason)}"
+    if a.instances:
+        s += _comment(f"i={a.instances}" + (f" sealers={','.join(a.sealers)}" if a.sealers else ""))
+        if a.oldest_pass is not None:
+            s += f" header.oldest-pass={a.oldest_pass}"
+        s += f" smtp.remote-ip={facts.client_ip}"
+    parts.append(s)
+    m = verdict.dmarc
+    note = f"p={m.policy} dis={m.disposition.upper()}" + (" t=y" if m.testing else "")
+    if m.reason and m.result != "pass":
+        note += f"; {m.reason}"
+    s = f"dmarc={m.result}{_comment(note)}"
+    if m.from_domain:
+        s += f" header.from={_value(m.from_domain)}"
+    if m.result != "none" or m.policy != "none":
+        s += f" policy.dmarc={m.disposition}"
+    parts.append(s)
+    return parts
+
+
+def build_header(authserv_id: str, facts: SessionFacts, verdict: Verdict) -> str:
+    """The whole field, folded one result per line, ending in CRLF."""
+    body = ";\r\n\t".join([_value(authserv_id)] + result_strings(facts, verdict))
+    return f"{HEADER_NAME}: {body}\r\n"
+
+
+def header_value(authserv_id: str, facts: SessionFacts, verdict: Verdict) -> str:
+    """The same header unfolded on one line, without the field name (for logs and JSON)."""
+    return "; ".join([_value(authserv_id)] + result_strings(facts, verdict))
+
+
+# -- stripping ------------------------------------------------------------------------------
+_AR_NAME = re.compile(rb"authentication-results[ \t]*:", re.IGNORECASE)
+_AUTHSERV = re.compile(rb'^(?:[ \t\r\n]|\((?:[^()\\]|\\.)*\))*("(?:[^"\\]|\\.)*"|[^ \t\r\n;()]+)', re.DOTALL)
+
+
+def authserv_id_of(value: bytes) -> str | None:
+    """The authserv-id of an A-R field value (comments and folding before it skipped)."""
+    m = _AUTHSERV.match(value)
+    if m is None:
+        return None
+    ident = m.group(1)
+    if ident.startswith(b'"'):
+        ident = re.sub(rb"\\(.)", rb"\1", ident[1:-1])
+    return ident.decode("utf-8", "replace").lower()
+
+
+def strip_our_headers(raw: bytes, authserv_id: str) -> bytes:
+    """Remove every Authentication-Results field claiming ``authserv_id`` (RFC 8601 §5)."""
+    raw = normalize_line_ends(raw)
+    end = 0 if raw.startswith(b"\r\n") else raw.find(b"\r\n\r\n")
+    head_end = len(raw) if end < 0 else end + 2
+    head = raw[:head_end]
+    if not _AR_NAME.search(head):
+        return raw
+    fields: list[list[bytes]] = []           # each field: its first line and continuation lines
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    ours = authserv_id.lower()
+    kept = [f for f in fields if not _claims(f, ours)]
+    return b"\r\n".join(b"\r\n".join(f) for f in kept) + raw[head_end:]
+
+
+def _claims(field_lines: list[bytes], ours: str) -> bool:
+    m = _AR_NAME.match(field_lines[0])
+    if m is None:
+        return False
+    value = b"\r\n".join(field_lines)[m.end():]
+    return authserv_id_of(value) == ours

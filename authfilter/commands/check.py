@@ -1,0 +1,105 @@
+"""``authfilter check``: the verdict the filter would give a saved message, from the shell."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import sys
+
+from .common import add_config_argument, load_config_or_exit
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def register(sub) -> None:
+    p = sub.add_parser("check", help="verify a saved message and print the verdict",
+                       description="Run SPF, DKIM, ARC and DMARC on a message as the filter "
+                                   "would, and print our Authentication-Results header.")
+    add_config_argument(p)
+    p.add_argument("--dns", metavar="HOST[:PORT]", action="append",
+                   help="nameserver to use instead of the configured ones (repeatable)")
+    p.add_argument("--ip", required=True, help="the connecting client's IP address")
+    p.add_argument("--helo", help="the HELO/EHLO name the client gave")
+    p.add_argument("--mail-from", dest="mail_from",
+                   help="the MAIL FROM address ('' is the null sender)")
+    p.add_argument("--rcpt", action="append", default=[], help="a recipient (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("file", nargs="?", default="-", help="message file, or - for stdin (default)")
+    p.set_defaults(func=run)
+
+
+def _usage_error(message: str) -> int:
+    sys.stderr.write(f"authfilter check: error: {message}\n")
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..authres import build_header, header_value
+    from ..dns import parse_nameserver
+    from ..engine import Engine, resolver_from_config
+    from ..results import SessionFacts
+
+    config = load_config_or_exit(args.config)
+    if args.dns:
+        try:
+            for server in args.dns:
+                parse_nameserver(server)
+        except ValueError as exc:
+            return _usage_error(f"--dns: {exc}")
+        config.dns.nameservers = list(args.dns)
+    try:
+        ipaddress.ip_address(args.ip)
+    except ValueError:
+        return _usage_error(f"--ip: {args.ip!r} is not an IP address")
+    try:
+        if args.file == "-":
+            raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES + 1)
+        else:
+            with open(args.file, "rb") as fh:
+                raw = fh.read(MAX_MESSAGE_BYTES + 1)
+    except OSError as exc:
+        return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return _usage_error(f"{args.file}: larger than {MAX_MESSAGE_BYTES} bytes")
+
+    facts = SessionFacts.create(args.ip, helo=args.helo, mail_from=args.mail_from,
+                                recipients=args.rcpt)
+    authserv_id = config.general.effective_authserv_id()
+
+    async def evaluate():
+        engine = Engine(config, resolver_from_config(config))
+        return await engine.evaluate(facts, raw)
+
+    verdict = asyncio.run(evaluate())
+    if args.json:
+        out = verdict.to_dict()
+        out["authentication_results"] = header_value(authserv_id, facts, verdict)
+        json.dump(out, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(build_header(authserv_id, facts, verdict).replace("\r\n", "\n"))
+    sys.stdout.write("\n" + summary(verdict))
+    return 0
+
+
+def summary(verdict) -> str:
+    """A few readable lines: one per method, with the reason when there is one."""
+    def why(r) -> str:
+        return f"  ({r.reason})" if r.reason else ""
+    lines = [f"SPF    {verdict.spf.result:<9} {verdict.spf.identity} {verdict.spf.domain or '-'}{why(verdict.spf)}"]
+    if verdict.helo_spf:
+        h = verdict.helo_spf
+        lines.append(f"SPF    {h.result:<9} helo {h.domain or '-'}{why(h)}")
+    if not verdict.dkim:
+        lines.append("DKIM   none      (no signature)")
+    for d in verdict.dkim:
+        lines.append(f"DKIM   {d.result:<9} d={d.domain} s={d.selector} a={d.algorithm}{why(d)}")
+    a = verdict.arc
+    lines.append(f"ARC    {a.result:<9} {a.instances} instance(s){why(a)}")
+    m = verdict.dmarc
+    lines.append(f"DMARC  {m.result:<9} from={m.from_domain or '-'} policy={m.policy} "
+                 f"disposition={m.disposition}{why(m)}")
+    for e in verdict.errors:
+        lines.append(f"note   {e}")
+    return "\n".join(lines) + "\n"

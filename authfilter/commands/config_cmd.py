@@ -1,0 +1,44 @@
+"""``authfilter config check|show|reference``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import load_config_or_exit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("config", help="check or show the configuration")
+    cmds = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = cmds.add_parser("check", help="validate a config file; exit 0 when it is valid")
+    c.add_argument("file", nargs="?", help="config file (default: embedded defaults)")
+    c.set_defaults(func=run_check)
+    s = cmds.add_parser("show", help="print the effective config with defaults filled in")
+    s.add_argument("file", nargs="?", help="config file (default: embedded defaults)")
+    s.add_argument("--config", "-c", dest="file_opt", metavar="FILE", help=argparse.SUPPRESS)
+    s.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    s.set_defaults(func=run_show)
+    r = cmds.add_parser("reference", help="print the config reference as a Markdown table")
+    r.set_defaults(func=run_reference)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    load_config_or_exit(args.file)
+    sys.stdout.write(f"{args.file or '(embedded defaults)'}: ok\n")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from ..config import to_dict, to_toml
+    data = to_dict(load_config_or_exit(args.file or args.file_opt))
+    sys.stdout.write(json.dumps(data, indent=2) + "\n" if args.json else to_toml(data))
+    return 0
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    from ..config import reference
+    sys.stdout.write("| key | type | default | meaning |\n|---|---|---|---|\n")
+    for key, typ, default, doc in reference():
+        sys.stdout.write(f"| `{key}` | {typ} | {f'`{default}`' if default else ''} | {doc} |\n")
+    return 0

@@ -1,0 +1,109 @@
+"""The verification engine: SPF, DKIM, ARC and DMARC for one message, returning a Verdict.
+
+It knows nothing of sockets or files: it takes the session facts, the raw message and a
+:class:`~authfilter.dns.Resolver`, and returns typed results.  Front-ends (the SMTP proxy, the
+CLI) only feed it and act on its verdict.
+
+Order of work for one message, to overlap DNS round trips:
+
+1. SPF can start as soon as MAIL FROM is known (:meth:`Engine.start_spf`).
+2. At end of data, the DKIM and ARC key records and the DMARC policy discovery are fetched
+   concurrently.
+3. The CPU part (canonicalization, hashing, signature checks) runs with no I/O at all; for big
+   messages it is handed to an executor so the event loop keeps serving other sessions.
+4. DMARC combines the SPF and DKIM results with the discovered policy.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from typing import Mapping
+
+from .checks import arc, dkim, dmarc
+from .checks import spf as spf_check
+from .config import Config
+from .dns import DnsAnswer, Resolver
+from .message import Message
+from .results import ArcResult, DkimResult, SessionFacts, SpfResult, Verdict
+
+# Messages at least this big have their signatures checked in the executor (if one is given).
+OFFLOAD_BYTES = 256 * 1024
+
+
+def resolver_from_config(config: Config) -> Resolver:
+    d = config.dns
+    return Resolver(d.nameservers, timeout=d.timeout, lifetime=d.lifetime, cache_size=d.cache_size)
+
+
+def verify_crypto(message: Message, keys: Mapping[str, DnsAnswer], config: Config,
+                  now: float) -> tuple[tuple[DkimResult, ...], ArcResult]:
+    """All the CPU work of one message, no I/O: picklable in and out, so it can run in a
+    worker process."""
+    dkim_results = dkim.verify_signatures(message, keys, config.dkim, now)
+    arc_result = arc.validate_chain(message, keys, now, config.dkim.min_rsa_bits) \
+        if config.arc.enabled else ArcResult("none", reason="ARC validation disabled")
+    return dkim_results, arc_result
+
+
+class Engine:
+    def __init__(self, config: Config, resolver: Resolver | None = None,
+                 executor: Executor | None = None) -> None:
+        self.config = config
+        self.resolver = resolver or resolver_from_config(config)
+        self.executor = executor
+
+    # -- SPF --------------------------------------------------------------------------------
+    def deadline(self) -> float:
+        return time.monotonic() + self.config.general.message_deadline
+
+    async def check_spf(self, facts: SessionFacts, deadline: float | None = None
+                        ) -> tuple[SpfResult, SpfResult | None]:
+        """The MAIL FROM check (HELO for the null sender) and, when configured, the separate
+        labelled HELO check, concurrently."""
+        deadline = deadline or self.deadline()
+        timeout = self.config.spf.timeout
+        main = spf_check.check_spf(facts, self.resolver, identity="mailfrom", deadline=deadline,
+                             timeout=timeout)
+        if self.config.spf.helo_check and facts.helo and facts.mail_from:
+            helo = spf_check.check_spf(facts, self.resolver, identity="helo", deadline=deadline,
+                                 timeout=timeout)
+            return tuple(await asyncio.gather(main, helo))  # type: ignore[return-value]
+        return await main, None
+
+    def start_spf(self, facts: SessionFacts) -> asyncio.Task:
+        """Start SPF now (at MAIL FROM) so its DNS overlaps the rest of the transaction."""
+        return asyncio.ensure_future(self.check_spf(facts))
+
+    # -- the whole message ------------------------------------------------------------------
+    async def evaluate(self, facts: SessionFacts, raw: bytes, *, spf: asyncio.Future | None = None,
+                       now: float | None = None) -> Verdict:
+        """Verdict for one message; ``spf`` is the task :meth:`start_spf` returned, if any."""
+        deadline = self.deadline()
+        now = time.time() if now is None else now
+        message = Message.parse(raw)
+        spf_task = spf if spf is not None else asyncio.ensure_future(self.check_spf(facts, deadline))
+
+        names = set(dkim.key_names(message, self.config.dkim.max_signatures))
+        if self.config.arc.enabled:
+            names.update(arc.key_names(message))
+        names_in_order = sorted(names)
+        discovery_task = asyncio.ensure_future(
+            dmarc.discover_policy(message, self.resolver, mode=self.config.dmarc.mode, deadline=deadline))
+        answers = await asyncio.gather(*(self.resolver.query(n, "TXT", deadline=deadline)
+                                         for n in names_in_order))
+        keys = dict(zip(names_in_order, answers))
+
+        if self.executor is not None and len(message.raw) >= OFFLOAD_BYTES:
+            loop = asyncio.get_running_loop()
+            dkim_results, arc_result = await loop.run_in_executor(
+                self.executor, verify_crypto, message, keys, self.config, now)
+        else:
+            dkim_results, arc_result = verify_crypto(message, keys, self.config, now)
+
+        spf_result, helo_result = await spf_task
+        discovery = await discovery_task
+        dmarc_result = await dmarc.evaluate_dmarc(discovery, spf_result, dkim_results,
+                                                  self.resolver, deadline=deadline)
+        return Verdict(spf=spf_result, dkim=dkim_results, arc=arc_result, dmarc=dmarc_result,
+                       helo_spf=helo_result, errors=tuple(message.errors))

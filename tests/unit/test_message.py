@@ -1,0 +1,31 @@
+from authfilter.message import MAX_HEADER_FIELDS, Message, unfold
+
+
+def test_fields_keep_exact_bytes_and_folding():
+    m = Message.parse(b"From: a@example.org\r\nSubject: one\r\n two\r\n\r\nbody\r\n")
+    assert m.headers == [(b"From", b" a@example.org\r\n"), (b"Subject", b" one\r\n two\r\n")]
+    assert m.body == b"body\r\n" and not m.errors
+    assert unfold(m.get_all(b"subject")[0]) == b"one two"
+
+
+def test_bare_lf_becomes_crlf():
+    m = Message.parse(b"From: a\nTo: b\n\nline\n")
+    assert m.raw == b"From: a\r\nTo: b\r\n\r\nline\r\n" and m.body == b"line\r\n"
+
+
+def test_no_body_and_no_headers():
+    assert Message.parse(b"From: a\r\n").body == b""
+    m = Message.parse(b"\r\nonly body\r\n")
+    assert m.headers == [] and m.body == b"only body\r\n"
+    assert Message.parse(b"").headers == []
+
+
+def test_garbage_is_described_not_raised():
+    m = Message.parse(b"\x00\xff garbage line\r\n continuation\r\nFrom: a\r\n\r\n")
+    assert m.count(b"from") == 1 and m.errors
+
+
+def test_header_count_is_bounded():
+    raw = b"".join(b"X-H: %d\r\n" % i for i in range(MAX_HEADER_FIELDS + 50)) + b"\r\nb"
+    m = Message.parse(raw)
+    assert len(m.headers) == MAX_HEADER_FIELDS and "ignored" in m.errors[-1]
