@@ -96,15 +96,33 @@ def header_value(authserv_id: str, facts: SessionFacts, verdict: Verdict) -> str
 
 # -- stripping ------------------------------------------------------------------------------
 _AR_NAME = re.compile(rb"authentication-results[ \t]*:", re.IGNORECASE)
-_AUTHSERV = re.compile(rb'^(?:[ \t\r\n]|\((?:[^()\\]|\\.)*\))*("(?:[^"\\]|\\.)*"|[^ \t\r\n;()]+)', re.DOTALL)
+_AUTHSERV_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[^ \t\r\n;()]+', re.DOTALL)
+
+
+def _skip_cfws(value: bytes, i: int = 0) -> int:
+    """Index of the first byte after folding whitespace and (nested) comments (RFC 5322 CFWS)."""
+    depth = 0
+    while i < len(value):
+        c = value[i:i + 1]
+        if c == b"\\" and depth:
+            i += 2
+            continue
+        if c == b"(":
+            depth += 1
+        elif c == b")" and depth:
+            depth -= 1
+        elif not depth and c not in (b" ", b"\t", b"\r", b"\n"):
+            return i
+        i += 1
+    return i
 
 
 def authserv_id_of(value: bytes) -> str | None:
     """The authserv-id of an A-R field value (comments and folding before it skipped)."""
-    m = _AUTHSERV.match(value)
+    m = _AUTHSERV_TOKEN.match(value, _skip_cfws(value))
     if m is None:
         return None
-    ident = m.group(1)
+    ident = m.group(0)
     if ident.startswith(b'"'):
         ident = re.sub(rb"\\(.)", rb"\1", ident[1:-1])
     return ident.decode("utf-8", "replace").lower()
