@@ -51,7 +51,7 @@ class DnsAnswer:
     rdtype: str
     status: str
     records: tuple = ()
-    canonical_name: str | None = None   # the owner name after following CNAMEs
+    canonical_name: str | None = None   # the owner name after following CNAMEs; None without CNAME
     ttl: int = 0
     reason: str | None = None
 
@@ -230,8 +230,8 @@ class Resolver:
         if ans.rrset is None:
             return DnsAnswer(name, rdtype, NODATA, ttl=min(ttl, self.negative_ttl), reason="NODATA")
         records = tuple(_convert(rdtype, rd) for rd in ans.rrset)
-        return DnsAnswer(name, rdtype, OK, records, normalize_name(ans.canonical_name.to_text()),
-                         min(ttl, self.max_ttl))
+        canonical = None if ans.canonical_name == qname else normalize_name(ans.canonical_name.to_text())
+        return DnsAnswer(name, rdtype, OK, records, canonical, min(ttl, self.max_ttl))
 
     def _negative_ttl(self, exc: dns.resolver.NXDOMAIN, qname: dns.name.Name) -> int:
         """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM) from the authority section."""

@@ -17,6 +17,7 @@ import struct
 import threading
 from collections import defaultdict
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -49,7 +50,7 @@ class DnsTestServer:
         self.ttl = ttl
         self.records: dict[tuple[str, int], list[str]] = defaultdict(list)
         self.ttls: dict[tuple[str, int], int] = {}
-        self.behaviour: dict[str, str] = {}
+        self.behaviour: dict[str | tuple[str, int], str] = {}   # by name, or (name, rdtype)
         self.queries: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._servers: list[socketserver.BaseServer] = []
@@ -58,16 +59,19 @@ class DnsTestServer:
     # -- data ----------------------------------------------------------------------------
     def add(self, name: str, rdtype: str, value, ttl: int | None = None) -> "DnsTestServer":
         rdt = dns.rdatatype.from_text(rdtype)
-        text = txt_rdata(value) if rdt == dns.rdatatype.TXT else _absolute(rdt, str(value))
+        is_text = rdt in (dns.rdatatype.TXT, dns.rdatatype.SPF)
+        text = txt_rdata(value) if is_text else _absolute(rdt, str(value))
         with self._lock:
             self.records[(_norm(name), rdt)].append(text)
             if ttl is not None:
                 self.ttls[(_norm(name), rdt)] = ttl
         return self
 
-    def misbehave(self, name: str, how: str) -> "DnsTestServer":
+    def misbehave(self, name: str, how: str, rdtype: str | None = None) -> "DnsTestServer":
+        """Misbehave for every query about ``name``, or only for ``rdtype`` queries if given."""
         assert how in ("timeout", "servfail", "refused", "garbage")
-        self.behaviour[_norm(name)] = how
+        key = _norm(name) if rdtype is None else (_norm(name), dns.rdatatype.from_text(rdtype))
+        self.behaviour[key] = how
         return self
 
     def reset(self) -> None:
@@ -93,7 +97,7 @@ class DnsTestServer:
         qname = _norm(q.name.to_text())
         with self._lock:
             self.queries.append((qname, dns.rdatatype.to_text(q.rdtype)))
-        how = self.behaviour.get(qname)
+        how = self.behaviour.get((qname, q.rdtype)) or self.behaviour.get(qname)
         if how == "timeout":
             return None
         resp = dns.message.make_response(query)
@@ -198,6 +202,12 @@ def _absolute(rdt: int, text: str) -> str:
 
 
 def _norm(name: str) -> str:
+    """A name as the server keys it: dnspython's text form (spaces and other odd characters
+    escaped, as in the names of incoming queries), lower case, without the final dot."""
+    try:
+        name = dns.name.from_text(name.strip()).to_text(omit_final_dot=True)
+    except dns.exception.DNSException:
+        pass
     return name.strip().rstrip(".").lower()
 
 

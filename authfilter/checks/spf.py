@@ -1,0 +1,272 @@
+"""SPF (RFC 7208) on top of pyspf, with every DNS lookup made by our :class:`Resolver`.
+
+pyspf is synchronous and asks its DNS through the module-global ``spf.DNSLookup``.  We replace
+that function once, at import, with :func:`_pyspf_dns_lookup`, which never does I/O: it serves
+answers from the current evaluation (found through a context variable, so concurrent checks in
+one event loop or in several threads never see each other's state) or the resolver's cache, and
+on a miss raises :class:`_NeedDNS`.  :func:`check_spf` then awaits the missing lookups and runs
+the check again from the start ("restartable evaluation", docs/libraries.md s. 2.2 (b)).  With
+a warm cache a check is one synchronous pass; a cold one takes one round per DNS dependency.
+
+The processing limits (10 DNS-querying terms, 2 void lookups, 10 MX / PTR names;
+RFC 7208 s. 4.6.4) are pyspf's defaults and are enforced by pyspf.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import spf as pyspf
+
+from ..dns import OK, TEMPERROR, DnsAnswer, Resolver
+from ..results import SessionFacts, SpfResult
+
+# Evaluation passes per check.  A strict evaluation needs at most about 25: the record, 10
+# DNS terms (an MX or PTR answer's addresses are fetched with it), an exp= per record, %{p}.
+MAX_ROUNDS = 40
+RESULTS = frozenset({"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"})
+_ERROR_PREFIXES = ("SPF Permanent Error: ", "SPF Temporary Error: ")
+
+DnsKey = tuple[str, str]    # (name as pyspf asks it, record type)
+
+
+class _NeedDNS(Exception):
+    """Raised inside pyspf when an answer is not known yet; the check is re-run once it is."""
+
+
+@dataclass(slots=True)
+class _Evaluation:
+    """The DNS answers one check has used so far, and the ones it still needs."""
+
+    resolver: Resolver
+    address_type: str                                   # "A" or "AAAA": the client's family
+    answers: dict[DnsKey, DnsAnswer] = field(default_factory=dict)
+    missing: set[DnsKey] = field(default_factory=set)
+
+    def lookup(self, name: str, qtype: str) -> list:
+        key = (name, qtype)         # pyspf gives names lower-case without the final dot
+        answer = self.answers.get(key)
+        if answer is None:
+            answer = self.resolver.peek(*key)
+            if answer is None:
+                # pyspf swallows every exception while fetching an exp= text, so the miss is
+                # also recorded here: check_spf re-runs whenever anything was missing.
+                self.missing.add(key)
+                raise _NeedDNS(key)
+            self.answers[key] = answer      # one evaluation sees one answer per question
+        return _pyspf_records(answer)
+
+    async def fetch_missing(self, deadline: float) -> None:
+        keys, self.missing = self.missing, set()
+        await asyncio.gather(*(self._fetch(key, deadline) for key in keys))
+
+    async def _fetch(self, key: DnsKey, deadline: float) -> None:
+        answer = await self.resolver.query(*key, deadline=deadline)
+        self.answers[key] = answer
+        # pyspf's next pass will ask for the addresses of these names one by one; asking
+        # for them all now saves a round each (the same queries pyspf itself would make).
+        hosts = _names_needing_addresses(answer)
+        await asyncio.gather(*(self._fetch((host, self.address_type), deadline) for host in hosts
+                               if (host, self.address_type) not in self.answers))
+
+
+def _names_needing_addresses(answer: DnsAnswer) -> list[str]:
+    """Host names whose addresses pyspf looks up after this answer (RFC 7208 s. 4.6.4)."""
+    if not answer.ok:
+        return []
+    if answer.rdtype == "MX" and len(answer.records) <= pyspf.MAX_MX:    # more: permerror
+        return [host for _, host in sorted(answer.records) if host]
+    if answer.rdtype == "PTR":
+        return [host for host in answer.records[:pyspf.MAX_PTR] if host]
+    return []
+
+
+def _pyspf_records(answer: DnsAnswer) -> list:
+    """A :class:`DnsAnswer` in the shape pyspf's own dnspython lookup returns.
+
+    ``[((owner, type), value), ...]``: TXT values are tuples of ``bytes`` (pyspf joins an RR's
+    strings itself, ours are joined already), MX ``(preference, host)``, others strings.  A
+    CNAME is given as one ``(alias, "CNAME") -> canonical`` entry so pyspf follows it from the
+    records that come with it.  NXDOMAIN/NODATA give ``[]`` (a void lookup for pyspf); so does a
+    name that cannot be asked (dns ``permerror``), as pyspf does for malformed names itself.
+    """
+    if answer.status == TEMPERROR:
+        raise pyspf.TempError(answer.reason or f"DNS error looking up {answer.name} {answer.rdtype}")
+    if answer.status != OK:
+        return []
+    owner = answer.canonical_name or answer.name
+    records = [((answer.name, "CNAME"), owner)] if owner != answer.name else []
+    if answer.rdtype == "TXT":
+        records.extend(((owner, "TXT"), (text,)) for text in answer.records)
+    else:
+        records.extend(((owner, answer.rdtype), value) for value in answer.records)
+    return records
+
+
+_current: ContextVar[_Evaluation | None] = ContextVar("authfilter_spf_evaluation", default=None)
+
+
+def _pyspf_dns_lookup(name: str, qtype: str, strict: bool = True, timeout: float | None = None) -> list:
+    """Replacement for ``spf.DNSLookup``: answers for the evaluation running in this context."""
+    evaluation = _current.get()
+    if evaluation is None:      # pyspf used outside check_spf: it must not open a socket
+        raise pyspf.TempError("pyspf DNS is only available inside authfilter.checks.spf.check_spf")
+    return evaluation.lookup(name, qtype)
+
+
+pyspf.DNSLookup = _pyspf_dns_lookup
+
+
+class _Query(pyspf.query):
+    """pyspf's query with two RFC corrections.
+
+    * The local-part and domain are the ones we split off (at the last ``@``, so a quoted
+      local-part may contain ``@``; RFC 5321 s. 4.1.2), not pyspf's first-``@`` split.
+    * RFC 7208 s. 5.5: "If a DNS error occurs while doing an A RR lookup, then that domain name
+      is skipped and the search continues."  pyspf lets the error end the check as temperror.
+      (This also applies to the ``%{p}`` macro, RFC 7208 s. 7.3.)
+    """
+
+    def __init__(self, ip: str, local: str, domain: str, helo: str, receiver: str,
+                 querytime: float) -> None:
+        super().__init__(i=ip, s=f"{local}@{domain}", h=helo, receiver=receiver or None,
+                         strict=True, querytime=querytime)
+        self.l, self.o, self.d = local, domain, domain
+
+    def validated_ptrs(self) -> list[str]:
+        return [name for name in self.dns_ptr(self.i)[:pyspf.MAX_PTR] if self._has_client_address(name)]
+
+    def _has_client_address(self, name: str) -> bool:
+        try:
+            return self.cidrmatch(self.dns_a(name, self.A), self.cidrmax)
+        except pyspf.TempError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """What one check is about (RFC 7208 s. 2.3, 2.4, 4.3), or why it cannot be checked."""
+
+    kind: str                   # "mailfrom" | "helo"
+    local: str
+    domain: str | None
+    problem: str | None = None  # set when the result is "none" without looking anything up
+
+    @property
+    def sender(self) -> str | None:
+        return f"{self.local}@{self.domain}" if self.domain else None
+
+
+def _domain_problem(domain: str) -> str | None:
+    """Why ``domain`` cannot be checked, or None (RFC 7208 s. 4.3: malformed or not
+    multi-label -> "none"; s. 2.3: an address literal is not checked)."""
+    if domain.startswith("["):
+        return "is an address literal"
+    labels = domain.split(".")
+    if len(labels) < 2:
+        return "is not a fully qualified domain name"
+    if any(not 0 < len(label) < 64 for label in labels) or len(domain) > 253:
+        return "is not a valid domain name"
+    if labels[-1].isdigit():
+        return "is an IP address, not a domain name"
+    return None
+
+
+def _choose_identity(facts: SessionFacts, identity: str) -> _Identity:
+    if identity not in ("mailfrom", "helo"):
+        raise ValueError(f"identity must be 'mailfrom' or 'helo', not {identity!r}")
+    if identity == "mailfrom" and facts.mail_from:
+        local, at, domain = facts.mail_from.rpartition("@")
+        if not at:
+            domain = facts.mail_from
+        # RFC 7208 s. 4.3: a sender without a local-part is checked as postmaster@domain
+        kind, local, what = "mailfrom", local or "postmaster", "MAIL FROM domain"
+    elif facts.helo:     # the HELO identity, also for the null sender (RFC 7208 s. 2.4)
+        kind, local, domain, what = "helo", "postmaster", facts.helo, "HELO name"
+    else:
+        return _Identity("helo", "postmaster", None, "no MAIL FROM and no HELO/EHLO name to check")
+    domain = domain.removesuffix(".")
+    problem = _domain_problem(domain)
+    return _Identity(kind, local, domain,
+                     f"{what} {domain!r} {problem} (RFC 7208 s. 4.3)" if problem else None)
+
+
+def _client_address(facts: SessionFacts) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The client address, an IPv4-mapped IPv6 address as the IPv4 address (RFC 7208 s. 5)."""
+    ip = facts.client_ip
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+async def check_spf(facts: SessionFacts, resolver: Resolver, *, identity: str = "mailfrom",
+                    deadline: float | None = None, timeout: float = 15.0,
+                    receiver: str = "") -> SpfResult:
+    """RFC 7208 check_host() for the MAIL FROM identity (the HELO identity for the null
+    sender) or, with ``identity="helo"``, for the HELO identity.
+
+    ``deadline`` is an absolute ``time.monotonic()`` value; ``timeout`` caps the check's own
+    duration.  Whatever goes wrong, the answer is an :class:`SpfResult` (``temperror`` with a
+    reason for anything unexpected), never an exception.
+    """
+    chosen = _choose_identity(facts, identity)
+    if chosen.problem:
+        return _result(chosen, "none", chosen.problem)
+    end = time.monotonic() + timeout
+    if deadline is not None:
+        end = min(end, deadline)
+    try:
+        return await _evaluate(chosen, facts, resolver, end, receiver)
+    except Exception as exc:        # a pyspf bug or a malformed answer must not escape
+        return _result(chosen, "temperror", f"internal error in SPF check: {type(exc).__name__}: {exc}")
+
+
+async def _evaluate(identity: _Identity, facts: SessionFacts, resolver: Resolver, end: float,
+                    receiver: str) -> SpfResult:
+    ip = _client_address(facts)
+    evaluation = _Evaluation(resolver, "A" if ip.version == 4 else "AAAA")
+    for _ in range(MAX_ROUNDS):
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return _result(identity, "temperror", "SPF time limit reached")
+        token = _current.set(evaluation)
+        try:
+            query = _Query(str(ip), identity.local, identity.domain, facts.helo or "", receiver,
+                           querytime=remaining)
+            outcome = query.check()
+        except _NeedDNS:
+            outcome = None
+        finally:
+            _current.reset(token)
+        if not evaluation.missing:
+            return _from_pyspf(identity, *outcome)
+        try:
+            async with asyncio.timeout(remaining):
+                await evaluation.fetch_missing(end)
+        except TimeoutError:
+            return _result(identity, "temperror", "SPF time limit reached")
+    return _result(identity, "temperror", f"SPF evaluation needed more than {MAX_ROUNDS} rounds of DNS")
+
+
+def _from_pyspf(identity: _Identity, result: str, code: int, explanation: str) -> SpfResult:
+    if result not in RESULTS:
+        return _result(identity, "temperror", f"unexpected pyspf result {result!r}")
+    for prefix in _ERROR_PREFIXES:
+        explanation = explanation.removeprefix(prefix)
+    if result == "none" and not explanation:
+        explanation = f"no SPF record for {identity.domain}"
+    return _result(identity, result, explanation)
+
+
+def _result(identity: _Identity, result: str, reason: str) -> SpfResult:
+    domain = identity.domain.lower() if identity.domain else None
+    return SpfResult(result, identity.kind, domain, identity.sender, _printable(reason))
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything but printable ASCII escaped: an exp= explanation comes from the
+    sender's DNS and may end up in an SMTP reply or a header comment."""
+    return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in text)
