@@ -2,9 +2,10 @@
 
 Every check works from one :class:`Message`.  Line ends are normalised to CRLF first (bare LF
 becomes CRLF, as dkimpy and OpenDKIM do), so canonicalization sees what went over the wire.
-Header fields keep their exact bytes: ``(name, value)`` where ``value`` is everything after the
-colon, folding and the final CRLF included (the same shape dkimpy uses), so DKIM
-canonicalization can work on them unchanged.
+Header fields keep their exact bytes: ``(name, value)`` where ``name`` is everything before the
+colon (obsolete WSP before the colon included, RFC 5322 s. 4.5.8, so simple canonicalization
+sees it) and ``value`` everything after it, folding and the final CRLF included (the same shape
+dkimpy uses).  Compare names with :func:`field_name`.
 
 Nothing here raises on bad input: a line in the header block that is neither a field nor a
 continuation is kept out of ``headers`` and described in ``errors``.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 MAX_HEADER_FIELDS = 10_000          # past this the rest of the header block is ignored (errors says so)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-_FIELD_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.ASCII)   # RFC 5322 ftext, WSP before ':' tolerated
+_FIELD_LINE = re.compile(rb"^([!-9;-~]+[ \t]*):", re.ASCII)   # RFC 5322 ftext, obs WSP before ':' kept
 
 
 def normalize_line_ends(raw: bytes) -> bytes:
@@ -71,11 +72,16 @@ class Message:
     def get_all(self, name: bytes) -> list[bytes]:
         """Values of every field called ``name`` (case-insensitive), top to bottom."""
         lname = name.lower()
-        return [v for n, v in self.headers if n.lower() == lname]
+        return [v for n, v in self.headers if field_name(n) == lname]
 
     def count(self, name: bytes) -> int:
         lname = name.lower()
-        return sum(1 for n, _ in self.headers if n.lower() == lname)
+        return sum(1 for n, _ in self.headers if field_name(n) == lname)
+
+
+def field_name(name: bytes) -> bytes:
+    """A field's name for comparisons: lower-case, without WSP before the colon."""
+    return name.rstrip(b" \t").lower()
 
 
 def unfold(value: bytes) -> bytes:

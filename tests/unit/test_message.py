@@ -29,3 +29,9 @@ def test_header_count_is_bounded():
     raw = b"".join(b"X-H: %d\r\n" % i for i in range(MAX_HEADER_FIELDS + 50)) + b"\r\nb"
     m = Message.parse(raw)
     assert len(m.headers) == MAX_HEADER_FIELDS and "ignored" in m.errors[-1]
+
+
+def test_wsp_before_the_colon_is_kept_for_simple_canonicalization():
+    m = Message.parse(b"Subject : x\r\nFrom: a\r\n\r\n")
+    assert m.headers[0] == (b"Subject ", b" x\r\n")
+    assert m.get_all(b"subject") == [b" x\r\n"] and m.count(b"SUBJECT") == 1
