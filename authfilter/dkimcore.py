@@ -75,6 +75,16 @@ _WSP = re.compile(r"[ \t\r\n]+")
 
 
 def parse_tag_list(value: bytes) -> dict[str, str]:
+    """Parse a tag=value list, strictly (RFC 6376 section 3.2); a fresh dict per call.
+
+    The same signature is parsed when its key name is wanted and again when it is verified,
+    and the same key records recur, so parses are cached by value.
+    """
+    return dict(_parse_tag_list_cached(value))
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse_tag_list_cached(value: bytes) -> dict[str, str]:
     """Parse a tag=value list, strictly (RFC 6376 section 3.2).
 
     Returns the tags in their order of appearance; values are decoded as UTF-8 (undecodable
@@ -357,13 +367,15 @@ def key_name(selector: str, domain: str) -> str:
     return f"{selector}._domainkey.{domain}".lower()
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_signature(value: bytes, kind: str = DKIM) -> Signature:
     """Interpret a signature field value; raise :class:`DkimSyntaxError` naming the problem.
 
     Rules: RFC 6376 section 3.5 and 6.1.1 for DKIM (v=1, required tags, h= names From, i= in
     d= or a subdomain, q= includes dns/txt, x= not before t=); RFC 8617 section 4.1 for ARC
     (i= is the instance 1..50, no v=, ARC-Seal has cv= and must not have h=, and only relaxed
-    header canonicalization is defined for it).
+    header canonicalization is defined for it).  Cached by value: the engine asks for a
+    signature's key name before verifying it.
     """
     tags = parse_tag_list(value)
     return interpret_signature(tags, kind)

@@ -134,6 +134,7 @@ class Resolver:
         self.negative_ttl = negative_ttl
         self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._derived: OrderedDict[tuple, tuple[float, object]] = OrderedDict()
         self.stats = ResolverStats()
 
     # -- cache ---------------------------------------------------------------------------
@@ -160,6 +161,36 @@ class Resolver:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._derived.clear()
+
+    def expires_at(self, name: str, rdtype: str) -> float:
+        """When the cached answer for ``name``/``rdtype`` expires (``time.monotonic()``);
+        0.0 when nothing fresh is cached."""
+        hit = self._cache.get((normalize_name(name), rdtype.upper()))
+        return hit[0] if hit is not None and hit[0] > time.monotonic() else 0.0
+
+    # -- results derived from cached answers -----------------------------------------------
+    # A check whose result depends only on DNS answers (an SPF evaluation) may keep it here
+    # until the first of those answers expires, so a repeated question costs a dict lookup.
+    def remember(self, key: tuple, value: object, names: Iterable[tuple[str, str]]) -> None:
+        """Keep ``value`` for as long as every answer in ``names`` stays cached."""
+        until = min((self.expires_at(n, t) for n, t in names), default=0.0)
+        if until <= time.monotonic() or self.cache_size <= 0:
+            return
+        self._derived[key] = (until, value)
+        self._derived.move_to_end(key)
+        while len(self._derived) > max(1, self.cache_size // 4):
+            self._derived.popitem(last=False)
+
+    def recall(self, key: tuple) -> object | None:
+        hit = self._derived.get(key)
+        if hit is None:
+            return None
+        if hit[0] <= time.monotonic():
+            del self._derived[key]
+            return None
+        self.stats.cache_hits += 1
+        return hit[1]
 
     # -- lookups -------------------------------------------------------------------------
     async def query(self, name: str, rdtype: str, *, deadline: float | None = None) -> DnsAnswer:
@@ -226,7 +257,7 @@ class Resolver:
         except OSError as exc:                            # network unreachable
             self.stats.failures += 1
             return DnsAnswer(name, rdtype, TEMPERROR, reason=f"network error: {exc}")
-        ttl = max(0, int(ans.expiration - time.time()))
+        ttl = max(0, round(ans.expiration - time.time()))
         if ans.rrset is None:
             return DnsAnswer(name, rdtype, NODATA, ttl=min(ttl, self.negative_ttl), reason="NODATA")
         records = tuple(_convert(rdtype, rd) for rd in ans.rrset)

@@ -91,12 +91,12 @@ async def verify_dkim(message: Message, resolver: Resolver, settings: DkimConfig
 def _verify_one(position: int, field: tuple[bytes, bytes], index: HeaderIndex, bodies: BodyHashes,
                 keys: Mapping[str, DnsAnswer], settings: DkimConfig, now: float) -> DkimResult:
     try:
-        tags = dkimcore.parse_tag_list(field[1])
+        sig = dkimcore.parse_signature(field[1], dkimcore.DKIM)
     except DkimSyntaxError as exc:
-        return DkimResult("permerror", None, None, None, reason=f"signature syntax: {exc}")
-    try:
-        sig = dkimcore.interpret_signature(tags, dkimcore.DKIM)
-    except DkimSyntaxError as exc:
+        try:
+            tags = dkimcore.parse_tag_list(field[1])
+        except DkimSyntaxError:
+            return DkimResult("permerror", None, None, None, reason=f"signature syntax: {exc}")
         return _partial_result("permerror", tags, str(exc))
 
     def result(word: str, reason: str | None, key: DkimKey | None = None) -> DkimResult:

@@ -227,6 +227,10 @@ async def check_spf(facts: SessionFacts, resolver: Resolver, *, identity: str = 
 async def _evaluate(identity: _Identity, facts: SessionFacts, resolver: Resolver, end: float,
                     receiver: str) -> SpfResult:
     ip = _client_address(facts)
+    memo_key = ("spf", str(ip), identity.local, identity.domain, facts.helo or "", receiver)
+    remembered = resolver.recall(memo_key)
+    if remembered is not None:
+        return remembered  # type: ignore[return-value]
     evaluation = _Evaluation(resolver, "A" if ip.version == 4 else "AAAA")
     for _ in range(MAX_ROUNDS):
         remaining = end - time.monotonic()
@@ -242,7 +246,11 @@ async def _evaluate(identity: _Identity, facts: SessionFacts, resolver: Resolver
         finally:
             _current.reset(token)
         if not evaluation.missing:
-            return _from_pyspf(identity, *outcome)
+            result = _from_pyspf(identity, *outcome)
+            if result.result != "temperror":
+                # valid while every answer it was computed from stays in the DNS cache
+                resolver.remember(memo_key, result, evaluation.answers)
+            return result
         try:
             async with asyncio.timeout(remaining):
                 await evaluation.fetch_missing(end)

@@ -276,3 +276,18 @@ def test_checks_in_threads_do_not_mix(zone):
     for t in threads:
         t.join()
     assert results == {n: "pass" for n in range(8)}
+
+
+def test_repeated_check_is_remembered_until_an_answer_it_used_expires(zone, resolver):
+    zone.add("example.org", "TXT", "v=spf1 include:_i.example.org -all")
+    zone.add("_i.example.org", "TXT", f"v=spf1 ip4:{CLIENT} -all", ttl=1)
+    first = check(resolver)
+    hits = resolver.stats.cache_hits
+    assert check(resolver) == first and first.result == "pass"
+    assert resolver.stats.cache_hits == hits + 1          # one memo hit, no pyspf run
+    zone.records.clear()
+    zone.add("example.org", "TXT", "v=spf1 include:_i.example.org -all")
+    zone.add("_i.example.org", "TXT", "v=spf1 -all", ttl=1)
+    time.sleep(1.1)                                       # the include's TTL has run out
+    assert check(resolver).result == "fail"
+    assert check(resolver, helo="other.example.org").result == "fail"   # HELO is part of the key
