@@ -9,6 +9,7 @@ Each section's keys live next to nothing else; a feature adds its own section cl
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import json
@@ -35,9 +36,7 @@ def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: fl
     ``ValueError`` with a message."""
     meta = {"doc": doc, "min": minimum, "max": maximum, "check": check}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        factory = (lambda d=default: json.loads(json.dumps(d))) if not dataclasses.is_dataclass(default) \
-            else type(default)
-        return field(default_factory=factory, metadata=meta)
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -64,6 +63,35 @@ def check_hostport(value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
         raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:10025)")
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9469"`` or ``"[::1]:9469"`` -> (IP, port); the host must be an IP address."""
+    host, sep, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""                                    # an IPv6 address needs its brackets
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        sep = ""
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not IP:PORT (e.g. 127.0.0.1:9469 or [::1]:9469)")
+    return host, int(port)
+
+
+def _check_metrics_listen(value: str) -> None:
+    """Empty (off), or an address of one interface: the endpoint has no authentication, so
+    the wildcard (all interfaces) is refused."""
+    if not value:
+        return
+    host, port = parse_listen_address(value)
+    if port == 0:
+        raise ValueError(f"{value!r}: give a fixed port for Prometheus to scrape")
+    if ipaddress.ip_address(host).is_unspecified:
+        raise ValueError(f"{value!r}: metrics have no authentication; listen on a loopback or "
+                         f"one specific interface address, not on all interfaces")
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -128,6 +156,296 @@ class LoggingConfig:
 
 
 @dataclass
+class MetricsConfig:
+    listen: str = setting("", "IP:PORT of the Prometheus /metrics endpoint, e.g. 127.0.0.1:9469; "
+                              "worker i serves PORT+1+i; empty = off", check=_check_metrics_listen)
+
+
+def _check_optional_hostport(value: str) -> None:
+    if value:
+        check_hostport(value)
+
+
+def _check_domains(values: list[str]) -> None:
+    for v in values:
+        name = v[1:] if v.startswith(".") else v
+        if not name or " " in name or "@" in name or ".." in name:
+            raise ValueError(f"{v!r} is not a domain name (e.g. example.com, or .example.com "
+                             f"for its subdomains too)")
+
+
+LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
+
+@dataclass
+class ListenerConfig:
+    address: str = setting("127.0.0.1:10025", "HOST:PORT to listen on ([::1]:PORT for IPv6)",
+                           check=check_hostport)
+    role: Literal["inbound", "submission"] = setting(
+        "inbound", "inbound: verify, apply the policy, add Authentication-Results; "
+                   "submission: DKIM-sign outbound mail and relay it")
+    upstream: str = setting("", "HOST:PORT this listener relays to; empty = proxy.upstream",
+                            check=_check_optional_hostport)
+    tls_cert: str = setting("", "PEM certificate chain file; when set, STARTTLS is offered "
+                                "(port-25-facing mode)")
+    tls_key: str = setting("", "PEM private key for tls_cert; empty = the key is in tls_cert")
+    proxy_protocol: bool = setting(False, "connections start with a PROXY protocol v1/v2 header "
+                                          "(HAProxy); only from proxy.proxy_protocol_hosts")
+
+
+@dataclass
+class ProxyConfig:
+    listeners: list[ListenerConfig] = setting(
+        [ListenerConfig()], "where to listen and in which role (one [[proxy.listeners]] table each)")
+    upstream: str = setting("127.0.0.1:10026", "HOST:PORT of the MTA that gets accepted mail "
+                                               "(Postfix's reinjection smtpd)", check=check_hostport)
+    hostname: str = setting("", "name in our greeting and EHLO reply; empty = the authserv-id")
+    workers: int = setting(0, "worker processes sharing the listening ports (SO_REUSEPORT); "
+                              "0 = one per CPU core", minimum=0, maximum=256)
+    max_sessions: int = setting(200, "concurrent SMTP sessions, all workers together (each takes "
+                                     "an equal share); more get 421 4.3.2", minimum=1, maximum=100_000)
+    max_message_size: int = setting(10_240_000, "bytes; advertised as SIZE, larger messages get "
+                                                "552 5.3.4 (keep >= Postfix message_size_limit)",
+                                    minimum=1024, maximum=1 << 30)
+    max_recipients: int = setting(1000, "recipients per message; more get 452 4.5.3",
+                                  minimum=1, maximum=100_000)
+    max_line_length: int = setting(2048, "bytes in one SMTP command line (RFC 5321 s. 4.5.3.1 "
+                                         "allows 512 plus extension parameters); message lines are "
+                                         "limited only by max_message_size", minimum=512, maximum=65536)
+    max_errors: int = setting(20, "protocol errors in one session before 421 4.7.0 and disconnect",
+                              minimum=1, maximum=1000)
+    command_timeout: float = setting(300.0, "seconds to wait for the next command, then 421 4.4.2 "
+                                            "(RFC 5321 s. 4.5.3.2.7)", minimum=1, maximum=3600)
+    data_timeout: float = setting(300.0, "seconds with no message data during DATA, then 421 4.4.2",
+                                  minimum=1, maximum=3600)
+    upstream_timeout: float = setting(60.0, "seconds to connect to the upstream and for each of its "
+                                            "replies; message_deadline + this must stay under "
+                                            "Postfix's smtpd_proxy_timeout (100 s)",
+                                      minimum=1, maximum=600)
+    upstream_idle: float = setting(10.0, "seconds an idle upstream connection is kept for the next "
+                                         "message; 0 = a new connection per message",
+                                   minimum=0, maximum=300)
+    xforward_hosts: list[str] = setting(LOOPBACK_NETWORKS, "peers allowed to send XFORWARD (Postfix's "
+                                                           "before-queue smtpd); only they see it in EHLO",
+                                        check=_check_networks)
+    proxy_protocol_hosts: list[str] = setting(LOOPBACK_NETWORKS, "peers allowed to send a PROXY "
+                                                                 "protocol header (listeners with "
+                                                                 "proxy_protocol = true)",
+                                              check=_check_networks)
+    drain_timeout: float = setting(120.0, "on SIGTERM, seconds the sessions in progress get to finish",
+                                   minimum=0, maximum=3600)
+    offload_workers: int = setting(1, "processes per worker that verify big messages so that they "
+                                      "do not stall other sessions; 0 = verify in the worker",
+                                   minimum=0, maximum=64)
+
+
+@dataclass
+class PolicyConfig:
+    name: str = setting("default", "policy to apply: NAME loads NAME.toml from policy.directory, "
+                                   "/etc/authfilter/policies or the bundled policies/; or a .toml path")
+    directory: str = setting("", "directory searched first for policy files")
+    dry_run: bool = setting(False, "decide as usual but only tag: every message is accepted with "
+                                   "Authentication-Results and the would-be action is logged")
+    trusted_networks: list[str] = setting(LOOPBACK_NETWORKS, "clients whose mail is not verified "
+                                                             "(local submission, internal relays)",
+                                          check=_check_networks)
+    trusted_checks: Literal["none", "dkim"] = setting(
+        "none", "what runs for trusted_networks: none, or dkim (DKIM only; never acted on)")
+    allow_ips: list[str] = setting([], "client networks always accepted (verified and tagged, "
+                                       "never rejected)", check=_check_networks)
+    allow_domains: list[str] = setting([], "From or MAIL FROM domains always accepted (verified and "
+                                           "tagged); '.example.com' also matches subdomains; anyone "
+                                           "can claim a domain, so keep this short",
+                                       check=_check_domains)
+    arc_trusted_sealers: list[str] = setting([], "ARC sealers (d= of the newest ARC-Seal) whose "
+                                                 "validated chain (cv=pass) overrides a DMARC failure",
+                                             check=_check_domains)
+
+
+def _check_store_url(value: str) -> None:
+    if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ValueError(f"{value!r} is not sqlite:///PATH or postgresql://USER@HOST/DB")
+
+
+def _check_report_period(value: int) -> None:
+    if 86400 % value:
+        raise ValueError(f"{value} does not divide a day (86400 s) evenly; e.g. 3600, 21600, 86400")
+
+
+def _check_suppressed(values: list[str]) -> None:
+    for v in values:
+        if not v or " " in v or v.count("@") > 1:
+            raise ValueError(f"{v!r} is not a domain or an address")
+
+
+@dataclass
+class ReportsConfig:
+    """DMARC aggregate reports (RFC 9990)."""
+
+    enabled: bool = setting(True, "record every DMARC evaluation for aggregate reports")
+    store: str = setting("", "sqlite:///PATH or postgresql://USER@HOST/DB (shared by several "
+                             "nodes); empty = $STATE_DIRECTORY/reports.sqlite, else "
+                             "/var/lib/authfilter/reports.sqlite if writable, else "
+                             "~/.local/state/authfilter/reports.sqlite", check=_check_store_url)
+    org_name: str = setting("", "reporting organization in the reports; empty = submitter")
+    submitter: str = setting("", "our domain in report subjects and file names; empty = the "
+                                 "authserv-id")
+    contact_email: str = setting("", "contact address in the reports; empty = from_address")
+    from_address: str = setting("", "From of report messages; empty = dmarc-reports@SUBMITTER. "
+                                     "Reports must pass DMARC (RFC 9990 \"Email\"): sign them")
+    period: int = setting(86400, "seconds each report covers, aligned to UTC midnight",
+                          minimum=3600, maximum=86400, check=_check_report_period)
+    send_delay: int = setting(900, "seconds after a period ends before its report is sent, so "
+                                   "every node has flushed its rows", minimum=0, maximum=86400)
+    retry_for: int = setting(172800, "seconds a report that could not be delivered is retried",
+                             minimum=0, maximum=30 * 86400)
+    retention_days: int = setting(14, "days recorded rows are kept (report show, regeneration)",
+                                  minimum=1, maximum=3650)
+    relay_host: str = setting("127.0.0.1", "SMTP relay that delivers report messages")
+    relay_port: int = setting(25, "relay port", minimum=1, maximum=65535)
+    relay_starttls: Literal["off", "opportunistic", "required"] = setting(
+        "opportunistic", "STARTTLS to the relay (certificate verified unless relay_tls_verify = false)")
+    relay_tls_verify: bool = setting(True, "verify the relay's certificate and host name")
+    relay_ca_file: str = setting("", "PEM CA bundle for the relay; empty = the system's")
+    relay_user: str = setting("", "AUTH user for the relay; empty = no AUTH (needs TLS)")
+    relay_password_file: str = setting("", "file holding the relay password (first line)")
+    relay_timeout: float = setting(30.0, "seconds for each relay operation", minimum=1, maximum=300)
+    suppress: list[str] = setting([], "never report about or to these: a domain (and its "
+                                      "subdomains) or an address", check=_check_suppressed)
+    max_destinations: int = setting(5, "rua URIs used per report (RFC 9990 \"Transport\")", minimum=1,
+                                    maximum=20)
+    rfc7489_xml: bool = setting(False, "write RFC 7489 Appendix C XML (no namespace, pct) instead "
+                                       "of RFC 9990")
+    envelope_to: bool = setting(False, "include the recipient domain (when a message had one) in "
+                                       "the reports; it splits rows per recipient domain")
+    buffer_rows: int = setting(100_000, "rows kept in memory while the store is slow or down; "
+                                        "more are dropped with a log line", minimum=100,
+                               maximum=10_000_000)
+    batch_rows: int = setting(500, "rows written to the store in one transaction", minimum=1,
+                              maximum=100_000)
+    flush_interval: float = setting(2.0, "seconds between writes of buffered rows", minimum=0.05,
+                                    maximum=300)
+
+
+# -- signing: DKIM signing and ARC sealing (authfilter/signing/) ---------------------------------
+# RFC 6376 s. 5.4.1's list, plus Message-ID, Sender, the MIME headers and List-Unsubscribe-Post
+# (RFC 8058 s. 4 requires it to be signed).
+SIGNED_HEADERS = [
+    "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc", "mime-version",
+    "content-type", "content-transfer-encoding", "content-id", "content-description",
+    "resent-date", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-message-id",
+    "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe",
+    "list-unsubscribe-post", "list-subscribe", "list-post", "list-owner", "list-archive",
+]
+# Header fields the ARC-Message-Signature must not cover (RFC 8617 s. 4.1.2).
+ARC_UNSIGNABLE = ("arc-seal", "arc-message-signature", "arc-authentication-results",
+                  "authentication-results")
+
+
+def _check_field_names(values: list[str]) -> None:
+    for v in values:
+        if not v or not all(33 <= ord(c) <= 126 and c != ":" for c in v):
+            raise ValueError(f"{v!r} is not a header field name")
+
+
+def _check_signing_domain(value: str) -> None:
+    if value:
+        from .addresses import AddressError, normalize_domain
+        try:
+            normalize_domain(value)
+        except AddressError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _check_from_patterns(values: list[str]) -> None:
+    for v in values:
+        _check_signing_domain(v[2:] if v.startswith("*.") else v)
+        if not v or "*" in (v[2:] if v.startswith("*.") else v):
+            raise ValueError(f"{v!r} is not a domain or *.domain")
+
+
+def check_selector(value: str) -> None:
+    labels = value.split(".")
+    if value and not all(0 < len(x) <= 63 and all(c.isalnum() or c in "-_" for c in x)
+                         and x.isascii() for x in labels):
+        raise ValueError(f"{value!r} is not a selector (dot-separated labels, RFC 6376 s. 3.1)")
+
+
+@dataclass
+class SigningKeyConfig:
+    domain: str = setting("", "signing domain d=; the public key is published at "
+                              "SELECTOR._domainkey.DOMAIN", check=_check_signing_domain)
+    selector: str = setting("", "selector s=", check=check_selector)
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = setting(
+        "rsa-sha256", "rsa-sha256 or ed25519-sha256 (RFC 8463); give a domain one active key of "
+                      "each to dual-sign")
+    key_file: str = setting("", "PEM private key (authfilter keygen writes one); refused if group "
+                                "or others can access it")
+    active: bool = setting(True, "sign with this key; keep the old key inactive during rotation "
+                                 "so that `authfilter keys check` still watches its record")
+    from_domains: list[str] = setting([], "From domains signed with this key: example.com, or "
+                                          "*.example.com for every subdomain; empty = [domain]",
+                                      check=_check_from_patterns)
+
+
+@dataclass
+class ArcSealConfig:
+    domain: str = setting("", "sealing domain d= of our ARC sets; empty = no ARC sealing "
+                              "(listeners turn sealing on)", check=_check_signing_domain)
+    selector: str = setting("", "selector s= of the sealing key", check=check_selector)
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = setting(
+        "rsa-sha256", "RFC 8617 allows one ARC set per hop, so one algorithm; ed25519-sha256 "
+                      "seals are not validated by most receivers yet")
+    key_file: str = setting("", "PEM private key for sealing; refused if group or others can "
+                                "access it")
+    headers: list[str] = setting(SIGNED_HEADERS + ["dkim-signature"],
+                                 "header fields the ARC-Message-Signature covers when present",
+                                 check=_check_field_names)
+
+
+@dataclass
+class SigningConfig:
+    """DKIM signing of outbound mail (RFC 6376, 8463) and ARC sealing (RFC 8617)."""
+
+    canonicalization: Literal["relaxed/relaxed", "relaxed/simple", "simple/relaxed",
+                              "simple/simple"] = setting(
+        "relaxed/relaxed", "c= header/body canonicalization of our DKIM signatures")
+    headers: list[str] = setting(SIGNED_HEADERS, "header fields signed, every instance present "
+                                                 "(From is required)", check=_check_field_names)
+    oversign: list[str] = setting(["from", "to", "cc", "subject", "reply-to"],
+                                  "signed once more than present, even when absent, so that none "
+                                  "can be added", check=_check_field_names)
+    oversign_if_present: list[str] = setting(
+        ["date", "mime-version", "content-type", "content-transfer-encoding"],
+        "signed once more than present when present (Postfix may add a missing Date)",
+        check=_check_field_names)
+    keys: list[SigningKeyConfig] = setting([], "the signing table: one [[signing.keys]] per key")
+    arc: ArcSealConfig = section(ArcSealConfig, "ARC sealing key and signed headers")
+
+    def __post_init__(self) -> None:
+        if "from" not in [h.lower() for h in self.headers]:
+            raise ValueError("headers must include from (RFC 6376 s. 5.4)")
+        active: dict[tuple[str, str], int] = {}
+        for i, key in enumerate(self.keys):
+            missing = [n for n in ("domain", "selector", "key_file") if not getattr(key, n)]
+            if missing:
+                raise ValueError(f"keys[{i}]: {', '.join(missing)} not set")
+            for pattern in key.from_domains or [key.domain]:
+                slot = (pattern.lower(), key.algorithm)
+                if key.active and slot in active:
+                    raise ValueError(f"keys[{active[slot]}] and keys[{i}] are both active "
+                                     f"{key.algorithm} keys for {pattern}; mark one active = false")
+                if key.active:
+                    active[slot] = i
+        arc = self.arc
+        if arc.domain and not (arc.selector and arc.key_file):
+            raise ValueError("arc: selector and key_file must be set with domain")
+        bad = [h for h in arc.headers if h.lower() in ARC_UNSIGNABLE]
+        if bad:
+            raise ValueError(f"arc.headers: {', '.join(bad)} must not be signed (RFC 8617 s. 4.1.2)")
+
+
+@dataclass
 class Config:
     general: GeneralConfig = section(GeneralConfig, "identity and overall deadline")
     dns: DnsConfig = section(DnsConfig, "the resolver every check uses")
@@ -136,6 +454,11 @@ class Config:
     arc: ArcConfig = section(ArcConfig, "ARC validation (RFC 8617)")
     dmarc: DmarcConfig = section(DmarcConfig, "DMARC (RFC 9989)")
     logging: LoggingConfig = section(LoggingConfig, "logging")
+    metrics: MetricsConfig = section(MetricsConfig, "the Prometheus endpoint")
+    proxy: ProxyConfig = section(ProxyConfig, "the SMTP proxy: listeners, upstream, limits")
+    policy: PolicyConfig = section(PolicyConfig, "what to do with the verdict, and local exceptions")
+    reports: ReportsConfig = section(ReportsConfig, "DMARC aggregate reports (RFC 9990)")
+    signing: SigningConfig = section(SigningConfig, "DKIM signing (RFC 6376, 8463) and ARC sealing (RFC 8617)")
     source: str | None = field(default=None, metadata={"internal": True})
 
 
@@ -165,6 +488,11 @@ def from_dict(data: dict[str, Any]) -> Config:
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def build_section(cls: type, data: Any, problems: list[str]) -> Any:
+    """Any settings dataclass (e.g. a policy file's) from plain data; problems are collected."""
+    return _build(cls, data, "", problems)
 
 
 def _public_fields(cls: type) -> list[dataclasses.Field]:
@@ -331,7 +659,7 @@ def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str,
             rows.extend(reference(tp, key + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = json.dumps(to_dict(default) if dataclasses.is_dataclass(default) else default)
+        shown = json.dumps(default, default=to_dict)
         rows.append((key, _type_name(tp), shown, f.metadata.get("doc", "")))
     return rows
 
