@@ -40,7 +40,9 @@ def _comment(text: str | None) -> str:
 
 
 def _spf(result: SpfResult, facts: SessionFacts) -> str:
-    out = f"spf={result.result}{_comment(result.reason or f'client {facts.client_ip}')}"
+    # The comment names the client the check judged (the real one, from XFORWARD).
+    note = f"client {facts.client_ip}" + (f": {result.reason}" if result.reason else "")
+    out = f"spf={result.result}{_comment(note)}"
     if result.identity == "helo":
         return out + (f" smtp.helo={_value(result.domain)}" if result.domain else "")
     if result.domain:

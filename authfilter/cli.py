@@ -15,6 +15,12 @@ from . import __version__
 COMMAND_MODULES = [
     "check",
     "config_cmd",
+    "doctor",
+    "report",
+    "sign",
+    "keygen",
+    "keys",
+    "serve",
 ]
 
 EXIT_USAGE = 2

@@ -46,6 +46,13 @@ def verify_crypto(message: Message, keys: Mapping[str, DnsAnswer], config: Confi
     return dkim_results, arc_result
 
 
+def verify_crypto_of_raw(raw: bytes, keys: Mapping[str, DnsAnswer], config: Config,
+                         now: float) -> tuple[tuple[DkimResult, ...], ArcResult]:
+    """:func:`verify_crypto` for a worker process: only the raw bytes cross the process
+    boundary (pickling a parsed Message would copy the message twice)."""
+    return verify_crypto(Message.parse(raw), keys, config, now)
+
+
 class Engine:
     def __init__(self, config: Config, resolver: Resolver | None = None,
                  executor: Executor | None = None) -> None:
@@ -97,7 +104,7 @@ class Engine:
         if self.executor is not None and len(message.raw) >= OFFLOAD_BYTES:
             loop = asyncio.get_running_loop()
             dkim_results, arc_result = await loop.run_in_executor(
-                self.executor, verify_crypto, message, keys, self.config, now)
+                self.executor, verify_crypto_of_raw, message.raw, keys, self.config, now)
         else:
             dkim_results, arc_result = verify_crypto(message, keys, self.config, now)
 

@@ -219,6 +219,7 @@ class Metrics:
                                         "worker processes restarted", registry=self.registry)
         self._backlog = Gauge("authfilter_report_backlog",
                               "DMARC report rows stored and not yet sent", registry=self.registry)
+        self._resolver_collector: _ResolverCollector | None = None
         if resolver is not None:
             self.watch_resolver(resolver)
         if report_backlog is not None:
@@ -226,8 +227,12 @@ class Metrics:
 
     # -- wiring ----------------------------------------------------------------------------
     def watch_resolver(self, resolver: "Resolver") -> None:
-        """Expose this resolver's query, cache-hit, coalesced and failure counters."""
-        self.registry.register(_ResolverCollector(resolver))
+        """Expose this resolver's query, cache-hit, coalesced and failure counters (a resolver
+        replaced on reload replaces the previous one)."""
+        if self._resolver_collector is not None:
+            self.registry.unregister(self._resolver_collector)
+        self._resolver_collector = _ResolverCollector(resolver)
+        self.registry.register(self._resolver_collector)
 
     def watch_report_backlog(self, count: Callable[[], float]) -> None:
         """``count()`` is called at each scrape; if it raises, the gauge shows NaN."""
@@ -246,7 +251,7 @@ class Metrics:
     def session_closed(self) -> None:
         self._hot.sessions_open -= 1
 
-    def message_done(self, verdict: "Verdict", action: str, timings: Mapping[str, float]) -> None:
+    def message_done(self, verdict: "Verdict | None", action: str, timings: Mapping[str, float]) -> None:
         """One finished message: its action word, every result, and its timings in seconds.
 
         ``timings`` keys: any of :data:`CHECKS` and ``"end_of_data"``; others are ignored, so
@@ -254,9 +259,10 @@ class Metrics:
         """
         hot = self._hot
         hot.messages[action] = hot.messages.get(action, 0) + 1
-        results = hot.results
-        for key in _result_keys(verdict):
-            results[key] = results.get(key, 0) + 1
+        if verdict is not None:                 # None: trusted mail, nothing was verified
+            results = hot.results
+            for key in _result_keys(verdict):
+                results[key] = results.get(key, 0) + 1
         checks = hot.checks
         for name, seconds in timings.items():
             histogram = checks.get(name)

@@ -156,8 +156,9 @@ class Recorder:
             self._warn("error", "report row not recorded: %s", exc)
 
     def on_message(self, facts: SessionFacts, verdict: Verdict, action: Any,
-                   upstream_reply: Any = None, headers: HeaderFields | None = None) -> None:
-        """The proxy's observer hook: ``action`` is an :class:`authfilter.policy.Action` (or
+                   upstream_reply: Any = None, elapsed: float | None = None, *,
+                   headers: HeaderFields | None = None) -> None:
+        """The proxy's observer hook (also what calling the recorder does): ``action`` is an :class:`authfilter.policy.Action` (or
         anything with ``kind``, and optionally ``disposition`` and ``override``).  No verdict
         (trusted or outbound mail) means nothing to record."""
         if verdict is None:
@@ -177,6 +178,8 @@ class Recorder:
         except Exception as exc:
             self.errors += 1
             self._warn("error", "report row not recorded: %s", exc)
+
+    __call__ = on_message
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()

@@ -1,0 +1,46 @@
+"""``authfilter serve``: run the pre-queue SMTP proxy (see authfilter/smtp/supervisor.py)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .common import add_config_argument
+
+LOG_FORMAT = "authfilter[%(process)d]: %(levelname)s %(name)s: %(message)s"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the SMTP proxy in front of Postfix",
+                       description="Listen for SMTP (by default on 127.0.0.1:10025), verify "
+                                   "SPF, DKIM, ARC and DMARC, apply the policy and relay accepted "
+                                   "mail upstream (by default to 127.0.0.1:10026).  SIGHUP "
+                                   "reloads the config and policy; SIGTERM drains and stops.")
+    add_config_argument(p)
+    p.set_defaults(func=run)
+
+
+def worker_observers(config) -> list:
+    """Per-message hooks each worker process calls after replying to the client:
+    ``observer(facts, verdict, action, upstream_reply, elapsed)``.  Built inside every worker
+    (after the fork), so each holds its own store connection; the worker awaits their
+    ``start()`` and ``close()``.  Today: the DMARC report recorder."""
+    from ..reports.recorder import Recorder
+    recorder = Recorder.from_config(config)
+    return [recorder] if recorder.enabled else []
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from ..policy import PolicyError
+    from ..smtp.supervisor import load_config, serve
+
+    try:
+        config = load_config(args.config)
+    except (ConfigError, PolicyError) as exc:
+        sys.stderr.write("authfilter: invalid configuration:\n")
+        for problem in exc.problems:
+            sys.stderr.write(f"  {problem}\n")
+        return 2
+    logging.basicConfig(level=config.logging.level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    return serve(args.config, config, worker_observers)

@@ -1,0 +1,75 @@
+"""One structured log line per message: who, which identities, every result, what we did.
+
+``message_record`` gathers the fields as plain data; ``format_kv`` writes them as
+``key=value`` pairs (values with spaces or quotes JSON-quoted), ``format_json`` as one JSON
+object, so the line can be grepped or shipped to a log pipeline alike.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..policy import Action
+from ..results import SessionFacts, Verdict
+from .protocol import Reply, queue_id_of
+
+MAX_LOGGED_RECIPIENTS = 10
+_BARE = re.compile(r"^[A-Za-z0-9_.:@+\-/,=<>\[\]]*$")
+
+
+def message_record(*, role: str, facts: SessionFacts, peer: str, size: int,
+                   verdict: Verdict | None, action: Action, upstream_reply: Reply | None,
+                   reply: bytes | None, elapsed: float) -> dict[str, Any]:
+    rcpts = list(facts.recipients)
+    record: dict[str, Any] = {
+        "role": role,
+        "client": str(facts.client_ip),
+        "peer": peer,
+        "helo": facts.helo,
+        "mail_from": f"<{facts.mail_from}>" if facts.mail_from is not None else None,
+        "rcpt": ",".join(rcpts[:MAX_LOGGED_RECIPIENTS])
+                + (f",+{len(rcpts) - MAX_LOGGED_RECIPIENTS}" if len(rcpts) > MAX_LOGGED_RECIPIENTS else ""),
+        "size": size,
+    }
+    if verdict is not None:
+        record["spf"] = verdict.spf.result
+        if verdict.helo_spf is not None:
+            record["helo_spf"] = verdict.helo_spf.result
+        record["dkim"] = ",".join(f"{d.result}:{d.domain or '-'}:{d.selector or '-'}"
+                                  for d in verdict.dkim) or "none"
+        record["arc"] = verdict.arc.result
+        dm = verdict.dmarc
+        record["dmarc"] = dm.result
+        record["dmarc_policy"] = dm.policy
+        record["dmarc_disposition"] = dm.disposition
+        record["from_domain"] = dm.from_domain
+    elif facts.trusted:
+        record["checks"] = "skipped (trusted)"
+    record["action"] = action.kind
+    record["reason"] = action.reason
+    if action.would_be:
+        record["would_be"] = action.would_be
+    if action.override:
+        record["override"] = action.override
+    if upstream_reply is not None:
+        record["upstream"] = f"{upstream_reply.code} {upstream_reply.text}"
+        record["queue_id"] = queue_id_of(upstream_reply)
+    record["reply"] = reply.decode("utf-8", "replace").strip().replace("\r\n", " | ") \
+        if reply is not None else "(client gone)"
+    record["ms"] = round(elapsed * 1000, 1)
+    return record
+
+
+def format_kv(record: dict[str, Any]) -> str:
+    parts = []
+    for key, value in record.items():
+        if value is None or value == "":
+            continue
+        text = str(value)
+        parts.append(f"{key}={text if _BARE.match(text) else json.dumps(text)}")
+    return " ".join(parts)
+
+
+def format_json(record: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in record.items() if v is not None}, separators=(",", ":"))

@@ -1,0 +1,175 @@
+"""End of DATA: verdict, policy, headers, relay, one log line, observers.
+
+This is where the proxy keeps its promise to never lose mail: the client's reply is the
+upstream's reply for this very message, a 250 only after the upstream's 250; a refused
+message is never sent upstream; an error of ours is a 4xx (the sender keeps the mail).
+If the client has gone by the time the verdict is ready, nothing is sent upstream either,
+so the client's retry cannot make a duplicate.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ..authres import build_header, strip_our_headers
+from ..message import normalize_line_ends
+from ..policy import ACCEPT, REJECT, TEMPFAIL, Action
+from ..results import ArcResult, DmarcResult, SessionFacts, SpfResult, Verdict
+from . import protocol
+from .logline import message_record
+from .receiver import stuff
+from .upstream import UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from .server import Runtime
+
+log = logging.getLogger("authfilter.proxy")
+message_log = logging.getLogger("authfilter.message")
+
+NOT_CHECKED = "not checked: trusted network"
+DEADLINE_SLACK = 5.0          # the engine bounds every lookup; this only guards against bugs
+_LIST_FIELD = re.compile(rb"(?im)^list-(?:id|post)[ \t]*:")     # RFC 2919, RFC 2369
+
+# What to do with the upstream connection afterwards.
+DONE, RESET, BROKEN = "done", "reset", "broken"
+
+
+@dataclass(slots=True)
+class Outcome:
+    reply: bytes | None            # None: the client is gone, nothing to say
+    upstream: str                  # DONE (transaction finished), RESET (needs RSET) or BROKEN
+    upstream_reply: protocol.Reply | None = None   # the upstream's answer to the message
+
+
+def header_block_end(raw: bytes) -> int:
+    """Length of the header block including the empty line (the whole message if none)."""
+    if raw.startswith(b"\r\n"):
+        return 2
+    end = raw.find(b"\r\n\r\n")
+    return len(raw) if end < 0 else end + 4
+
+
+def remove_fields(raw: bytes, name: str) -> bytes:
+    """Drop every header field called ``name`` (with its continuation lines)."""
+    end = header_block_end(raw)
+    head = raw[:end]
+    if name.lower().encode() not in head.lower():
+        return raw
+    pattern = re.compile(rb"(?im)^" + re.escape(name.encode()) + rb"[ \t]*:.*\r\n(?:[ \t].*\r\n)*")
+    return pattern.sub(b"", head) + raw[end:]
+
+
+def prepare_inbound(content: bytes, authserv_id: str, quarantine_header: str) -> tuple[bytes, bool]:
+    """The message without forged results (RFC 8601 s. 5) or a forged quarantine mark, and
+    whether it came through a mailing list.  Only the header block is looked at and rebuilt;
+    the body is passed on as received (the engine normalises line ends for its own checks,
+    and :func:`stuff` keeps bare LFs harmless upstream), so a big message costs no extra pass."""
+    end = header_block_end(content)
+    head = content[:end]
+    new_head = remove_fields(strip_our_headers(head, authserv_id), quarantine_header)
+    mailing_list = _LIST_FIELD.search(new_head) is not None
+    return (content if new_head == head else new_head + content[end:]), mailing_list
+
+
+def empty_results_header(authserv_id: str) -> bytes:
+    """RFC 8601 s. 2.2: ``none`` when no authentication was performed."""
+    return f"Authentication-Results: {authserv_id}; none\r\n".encode("utf-8")
+
+
+async def _verdict(rt: "Runtime", facts: SessionFacts, raw: bytes,
+                   spf_task: asyncio.Future | None) -> Verdict | None:
+    if facts.trusted:
+        if rt.config.policy.trusted_checks == "none":
+            return None
+        domain = facts.mail_from.rpartition("@")[2] if facts.mail_from else None
+        skipped: asyncio.Future = asyncio.get_running_loop().create_future()
+        skipped.set_result((SpfResult("none", "mailfrom", domain, reason=NOT_CHECKED), None))
+        verdict = await rt.engine.evaluate(facts, raw, spf=skipped)
+        return dataclasses.replace(verdict, arc=ArcResult("none", reason=NOT_CHECKED),
+                                   dmarc=DmarcResult("none", verdict.dmarc.from_domain,
+                                                     reason=NOT_CHECKED))
+    async with asyncio.timeout(rt.config.general.message_deadline + DEADLINE_SLACK):
+        return await rt.engine.evaluate(facts, raw, spf=spf_task)
+
+
+async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content: bytes,
+                         dot_lines: int, spf_task: asyncio.Future | None,
+                         conn: UpstreamConnection, client_alive: Callable[[], bool],
+                         peer: str) -> Outcome:
+    """``content`` is the unstuffed DATA block; ``dot_lines`` counts its LF "." sequences as
+    received (0: it goes upstream without a stuffing pass)."""
+    started = time.monotonic()
+    verdict: Verdict | None = None
+    timings: dict[str, float] = {}
+    if role == "inbound":
+        raw, mailing_list = prepare_inbound(content, rt.authserv_id, rt.policy.quarantine_header)
+        try:
+            verdict = await _verdict(rt, facts, raw, spf_task)
+            timings["total"] = time.monotonic() - started
+            action = rt.policy.decide(facts, verdict, mailing_list=mailing_list) if verdict \
+                else Action(ACCEPT, "trusted network")
+        except TimeoutError:
+            log.error("checks of a message from %s overran the deadline", facts.client_ip)
+            action = Action(TEMPFAIL, "checks timed out", protocol.TEMP_FAILURE)
+        except Exception:
+            log.exception("checking a message from %s failed", facts.client_ip)
+            action = Action(TEMPFAIL, "internal error while checking", protocol.TEMP_FAILURE)
+        header = build_header(rt.authserv_id, facts, verdict).encode("utf-8") if verdict \
+            else empty_results_header(rt.authserv_id)
+        parts = [header, action.add_headers, stuff(raw) if dot_lines else raw]
+    else:
+        try:
+            raw = rt.sign(normalize_line_ends(content), facts)
+            action = Action(ACCEPT, "submission")
+        except Exception:
+            log.exception("signing a message from %s failed", facts.client_ip)
+            action = Action(TEMPFAIL, "signing failed", protocol.TEMP_FAILURE)
+        parts = [stuff(raw)]
+
+    if action.kind in (REJECT, TEMPFAIL):
+        outcome = Outcome(action.reply, RESET)
+    elif not client_alive():
+        outcome = Outcome(None, BROKEN)
+        log.warning("client %s left before the verdict; nothing relayed", facts.client_ip)
+    else:
+        outcome = await _relay(rt, conn, parts)
+    return _finish(rt, role, facts, verdict, action, outcome, len(content), started, peer, timings)
+
+
+async def _relay(rt: "Runtime", conn: UpstreamConnection, parts: list[bytes]) -> Outcome:
+    try:
+        reply, finished = await conn.send_message(parts)
+    except UpstreamError as exc:
+        rt.metrics.upstream_error("after_data" if exc.after_data else "unavailable")
+        if exc.after_data:
+            log.error("upstream failed after the message was sent (%s): the client gets 451 "
+                      "and retries, so a duplicate is possible", exc)
+        else:
+            log.error("upstream failed before accepting the message: %s", exc)
+        return Outcome(protocol.UPSTREAM_UNAVAILABLE, BROKEN)
+    if reply.code == 421:                  # the upstream is going away: the client retries
+        rt.metrics.upstream_error("closing")
+        return Outcome(protocol.UPSTREAM_UNAVAILABLE, BROKEN, reply)
+    return Outcome(reply.to_bytes(), DONE if finished else RESET, reply)
+
+
+def _finish(rt: "Runtime", role: str, facts: SessionFacts, verdict: Verdict | None,
+            action: Action, outcome: Outcome, size: int, started: float, peer: str,
+            timings: dict[str, float]) -> Outcome:
+    elapsed = time.monotonic() - started
+    record = message_record(role=role, facts=facts, peer=peer, size=size, verdict=verdict,
+                            action=action, upstream_reply=outcome.upstream_reply,
+                            reply=outcome.reply, elapsed=elapsed)
+    message_log.info("%s", rt.format_record(record))
+    rt.metrics.message_done(verdict, action.kind, {"end_of_data": elapsed, **timings})
+    for observer in rt.observers:
+        try:
+            observer(facts, verdict, action, outcome.upstream_reply, elapsed)
+        except Exception:
+            log.exception("message observer %r failed", observer)
+    return outcome

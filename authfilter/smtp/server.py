@@ -1,0 +1,264 @@
+"""The proxy inside one process: listeners, the config generation in force, reload and drain.
+
+A :class:`Runtime` is everything derived from one config (policy, engine, upstream pools, TLS
+contexts, signer).  Sessions keep the runtime they started with, so SIGHUP swaps in a new one
+without disturbing messages in flight.  Listeners, worker count and offload processes are fixed
+at start (changing them needs a restart; a reload says so in the log).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import socket
+import ssl
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..config import Config, ListenerConfig
+from ..engine import Engine, resolver_from_config
+from ..metrics import Metrics
+from ..dns import Resolver
+from ..policy import Action, Policy
+from ..results import SessionFacts, Verdict
+from . import protocol
+from .logline import format_json, format_kv
+from .protocol import Reply
+from .session import SmtpSession
+from .upstream import UpstreamPool
+from .watchdog import Watchdog, tick_for
+
+log = logging.getLogger("authfilter.proxy")
+
+# observer(facts, verdict, action, upstream_reply, elapsed_seconds), after the client's reply;
+# an observer may also have async start() and close(), which the worker calls.
+Observer = Callable[[SessionFacts, "Verdict | None", Action, "Reply | None", float], Any]
+"""Called after each message: ``observer(facts, verdict, action, upstream_reply)``; it must not
+block (queue work elsewhere).  ``verdict`` is None when nothing was verified (trusted client,
+submission); ``upstream_reply`` is None when the message was not relayed."""
+
+LISTEN_BACKLOG = 512
+
+
+class NetworkSet:
+    """IP networks, asked whether an address is in one of them."""
+
+    def __init__(self, networks: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def contains(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip.version == n.version and ip in n for n in self.networks)
+
+
+def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """A server context when the listener has a certificate (RFC 3207 STARTTLS)."""
+    if not listener.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(listener.tls_cert, listener.tls_key or None)
+    return context
+
+
+def make_signer(config: Config) -> Callable[[bytes, SessionFacts], bytes]:
+    """The DKIM signer for submission listeners (:class:`authfilter.signing.Signer`)."""
+    from ..signing import Signer
+    return Signer.from_config(config).sign
+
+
+def _unsigned(raw: bytes, facts: SessionFacts) -> bytes:
+    return raw
+
+
+@dataclass
+class Runtime:
+    config: Config
+    policy: Policy
+    engine: Engine
+    observers: list[Observer]
+    hostname: str
+    authserv_id: str
+    xforward_hosts: NetworkSet
+    proxy_protocol_hosts: NetworkSet
+    sign: Callable[[bytes, SessionFacts], bytes]
+    max_sessions: int
+    metrics: Metrics
+    _tls: list[ssl.SSLContext | None] = field(default_factory=list)
+    _pools: list[UpstreamPool] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, config: Config, resolver: Resolver, *, executor: Executor | None,
+              observers: list[Observer], workers: int, watchdog: Watchdog,
+              metrics: Metrics) -> "Runtime":
+        """Raises ConfigError-like exceptions (PolicyError, OSError, SigningConfigError) when
+        the config cannot be put into force."""
+        proxy = config.proxy
+        authserv_id = config.general.effective_authserv_id()
+        hostname = proxy.hostname or authserv_id
+        needs_signer = any(lc.role == "submission" for lc in proxy.listeners)
+        pools: dict[str, UpstreamPool] = {}
+        for lc in proxy.listeners:
+            address = lc.upstream or proxy.upstream
+            if address not in pools:
+                pools[address] = UpstreamPool(address, hostname, proxy.upstream_timeout,
+                                              proxy.upstream_idle, watchdog)
+        return cls(
+            config=config,
+            policy=Policy.from_config(config),
+            engine=Engine(config, resolver, executor),
+            observers=observers,
+            hostname=hostname,
+            authserv_id=authserv_id,
+            xforward_hosts=NetworkSet(proxy.xforward_hosts),
+            proxy_protocol_hosts=NetworkSet(proxy.proxy_protocol_hosts),
+            sign=make_signer(config) if needs_signer else _unsigned,
+            max_sessions=max(1, math.ceil(proxy.max_sessions / workers)),
+            metrics=metrics,
+            _tls=[tls_context(lc) for lc in proxy.listeners],
+            _pools=[pools[lc.upstream or proxy.upstream] for lc in proxy.listeners],
+        )
+
+    def tls_context(self, listener_index: int) -> ssl.SSLContext | None:
+        return self._tls[listener_index]
+
+    def pool(self, listener_index: int) -> UpstreamPool:
+        return self._pools[listener_index]
+
+    def format_record(self, record: dict) -> str:
+        return format_json(record) if self.config.logging.format == "json" else format_kv(record)
+
+    def close(self) -> None:
+        for pool in set(self._pools):
+            pool.close()
+
+
+def _tick(config: Config) -> float:
+    p = config.proxy
+    return tick_for(p.command_timeout, p.data_timeout, p.upstream_timeout)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def bind_listener(address: str, *, reuse_port: bool) -> socket.socket:
+    """A listening, non-blocking TCP socket; SO_REUSEPORT lets every worker process bind the
+    same port and the kernel spread connections across them."""
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class ProxyServer:
+    """All listeners of one process.  ``start()``, then ``drain()`` to stop."""
+
+    def __init__(self, config: Config, *, resolver: Resolver | None = None,
+                 executor: Executor | None = None, workers: int = 1,
+                 reuse_port: bool = False, observers: list[Observer] | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.resolver = resolver or resolver_from_config(config)
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_resolver(self.resolver)
+        self.executor = executor
+        self.workers = workers
+        self.reuse_port = reuse_port
+        self.observers: list[Observer] = list(observers or [])
+        self.watchdog = Watchdog(_tick(config))
+        self.runtime = Runtime.build(config, self.resolver, executor=executor,
+                                     observers=self.observers, workers=workers,
+                                     watchdog=self.watchdog, metrics=self.metrics)
+        self.sessions: set[SmtpSession] = set()
+        self.draining = False
+        self._servers: list[asyncio.base_events.Server] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for index, listener in enumerate(self.config.proxy.listeners):
+            sock = bind_listener(listener.address, reuse_port=self.reuse_port)
+            server = await loop.create_server(lambda i=index: SmtpSession(self, i), sock=sock,
+                                              backlog=LISTEN_BACKLOG)
+            self._servers.append(server)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of each listener, in config order (port 0 = chosen by the OS)."""
+        return [s.sockets[0].getsockname()[:2] for s in self._servers]
+
+    # -- sessions ----------------------------------------------------------------------------
+    def refusal(self) -> bytes | None:
+        """The 421 a new session gets when we are full or shutting down, else None."""
+        if self.draining:
+            return protocol.SHUTTING_DOWN
+        if len(self.sessions) > self.runtime.max_sessions:
+            return protocol.TOO_MANY_SESSIONS
+        return None
+
+    def session_started(self, session: SmtpSession) -> None:
+        self.metrics.session_opened()
+        self.sessions.add(session)
+        self.watchdog.watch(session)
+        self._idle.clear()
+
+    def session_ended(self, session: SmtpSession) -> None:
+        self.metrics.session_closed()
+        self.sessions.discard(session)
+        self.watchdog.forget(session)
+        if not self.sessions:
+            self._idle.set()
+
+    # -- reload and drain --------------------------------------------------------------------
+    async def reload(self, config: Config) -> None:
+        """Put a new config in force for new sessions.  Raises (and keeps the old one) when it
+        cannot be built."""
+        old = self.runtime
+        resolver = self.resolver if config.dns == old.config.dns else resolver_from_config(config)
+        self.runtime = Runtime.build(config, resolver, executor=self.executor,
+                                     observers=self.observers, workers=self.workers,
+                                     watchdog=self.watchdog, metrics=self.metrics)
+        self.watchdog.tick = _tick(config)
+        if resolver is not self.resolver:
+            self.metrics.watch_resolver(resolver)
+        self.resolver = resolver
+        if [lc.address for lc in config.proxy.listeners] != [lc.address for lc in old.config.proxy.listeners]:
+            log.warning("listener addresses changed: restart authfilter to apply them")
+        old.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; let transactions in progress finish for up to ``timeout`` seconds,
+        then end the rest with 421."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for session in list(self.sessions):
+            session.shut_down_if_idle()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("%d sessions still busy after %g s; closing them", len(self.sessions), timeout)
+            tasks = [s.task for s in self.sessions if s.task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.runtime.close()
+        self.watchdog.close()

@@ -1,0 +1,519 @@
+"""One client connection: the SMTP server side of the proxy (RFC 5321 state machine).
+
+An ``asyncio.Protocol`` appends received bytes to a :class:`ReceiveBuffer`; one coroutine per
+connection reads whole command lines and whole DATA blocks from it and answers.  Each client
+transaction is mirrored onto an upstream transaction (see :mod:`.upstream`): the client's MAIL
+and RCPT lines, parameters included, go up unchanged and the upstream's replies come back.
+
+States, as in Postfix's smtpd: before HELO/EHLO nothing but HELO, EHLO, NOOP, RSET, QUIT,
+XFORWARD, STARTTLS and HELP is accepted (503); MAIL opens a transaction; RCPT needs one; DATA
+needs an accepted recipient.  XFORWARD (trusted peers only) is allowed outside transactions and
+its attributes apply to the next transaction only (reset at end of data, RSET and EHLO).
+Timeouts and too many errors end the session with 421, never a silent close.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from ..results import SessionFacts
+from . import protocol as p
+from . import proxy_protocol
+from .message_flow import BROKEN, DONE, RESET, handle_message
+from .receiver import DataTooBig, LineTooLong, ReceiveBuffer
+from .upstream import UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from .server import ProxyServer
+
+log = logging.getLogger("authfilter.proxy")
+
+HIGH_WATER = 256 * 1024         # unread command bytes before we stop reading from the socket
+NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "ETRN", "TURN", "ATRN", "AUTH", "BDAT", "XCLIENT"})
+
+
+class ClientGone(Exception):
+    pass
+
+
+class SessionTimeout(Exception):
+    pass
+
+
+class Transaction:
+    __slots__ = ("mail_from", "recipients", "upstream", "spf_task", "broken", "facts")
+
+    def __init__(self, mail_from: str, facts: SessionFacts, upstream: UpstreamConnection,
+                 spf_task: asyncio.Future | None) -> None:
+        self.mail_from = mail_from
+        self.facts = facts
+        self.recipients: list[str] = []
+        self.upstream = upstream
+        self.spf_task = spf_task
+        self.broken = False            # the upstream failed mid-transaction: 451 until RSET
+
+
+class SmtpSession(asyncio.Protocol):
+    def __init__(self, server: "ProxyServer", listener_index: int) -> None:
+        self.server = server
+        self.listener_index = listener_index
+        self.rt = server.runtime                  # config generation this session started with
+        self.listener = self.rt.config.proxy.listeners[listener_index]
+        self.buffer = ReceiveBuffer()
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task | None = None
+        self._waiter: asyncio.Future | None = None
+        self._eof = False
+        self._paused = False
+        self._in_data = False
+        self.peer: tuple[str, int] = ("0.0.0.0", 0)
+        self.peer_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(0)
+        self.xforward_allowed = False
+        self.deadline: float | None = None        # see Watchdog
+        self.tls = False
+        self.greeted = False
+        self.esmtp = False
+        self.helo_name: str | None = None
+        self.xforward: dict[str, str | None] | None = None
+        self.xforward_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.tx: Transaction | None = None
+        self.errors = 0
+        self.idle = False
+        self.closing = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._set_peer(peer[0].split("%")[0], peer[1])
+        self.task = asyncio.get_running_loop().create_task(self.run())
+        self.server.session_started(self)
+
+    def _set_peer(self, host: str, port: int) -> None:
+        """The SMTP client: the socket's peer, or the one a PROXY protocol header names."""
+        self.peer_ip = ipaddress.ip_address(host)
+        self.peer = (str(self.peer_ip), port)
+        self.xforward_allowed = self.rt.xforward_hosts.contains(self.peer_ip)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer.feed(data)
+        self._wake()
+        if not self._in_data and len(self.buffer) > HIGH_WATER and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return True                      # keep our side open: the reply may still be due
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self.closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def expire(self) -> None:
+        """Called by the watchdog when the client kept us waiting too long."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(SessionTimeout())
+
+    @property
+    def alive(self) -> bool:
+        return not self._eof and self.transport is not None and not self.transport.is_closing()
+
+    # -- reading -----------------------------------------------------------------------------
+    async def _wait_input(self, timeout: float) -> None:
+        if self._eof:
+            raise ClientGone()
+        if self._paused:
+            self.transport.resume_reading()
+            self._paused = False
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.deadline = time.monotonic() + timeout
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            self.deadline = None
+
+    async def read_line(self) -> bytes:
+        limit = self.rt.config.proxy.max_line_length
+        while True:
+            line = self.buffer.take_line(limit)
+            if line is not None:
+                return line
+            await self._wait_input(self.rt.config.proxy.command_timeout)
+
+    async def read_data(self) -> bytes:
+        proxy = self.rt.config.proxy
+        self.buffer.begin_data()
+        self._in_data = True
+        try:
+            while True:
+                content = self.buffer.take_data(proxy.max_message_size)
+                if content is not None:
+                    return content
+                await self._wait_input(proxy.data_timeout)
+        finally:
+            self._in_data = False
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # -- the session -------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            if self.listener.proxy_protocol and not await self._read_proxy_header():
+                return
+            refusal = self.server.refusal()
+            if refusal is not None:
+                self.write(refusal)
+                return
+            self.write(f"220 {self.rt.hostname} ESMTP authfilter\r\n".encode())
+            await self._command_loop()
+        except ClientGone:
+            pass
+        except SessionTimeout:
+            log.info("timeout from %s", self.peer[0])
+            self.write(p.TIMEOUT)
+        except asyncio.CancelledError:
+            self.write(p.SHUTTING_DOWN)
+            raise
+        except Exception:
+            log.exception("session with %s failed", self.peer[0])
+            self.write(b"421 4.3.0 Internal error, closing connection\r\n")
+        finally:
+            await self._abandon_transaction()
+            if self.transport is not None:
+                self.transport.close()
+            self.server.session_ended(self)
+
+    async def _command_loop(self) -> None:
+        handlers = {
+            "EHLO": self.smtp_ehlo, "HELO": self.smtp_helo, "MAIL": self.smtp_mail,
+            "RCPT": self.smtp_rcpt, "DATA": self.smtp_data, "RSET": self.smtp_rset,
+            "NOOP": self.smtp_noop, "QUIT": self.smtp_quit, "VRFY": self.smtp_vrfy,
+            "HELP": self.smtp_help, "XFORWARD": self.smtp_xforward, "STARTTLS": self.smtp_starttls,
+        }
+        while not self.closing:
+            self.idle = self.tx is None
+            if self.idle and self.server.draining:
+                self.write(p.SHUTTING_DOWN)
+                return
+            try:
+                line = await self.read_line()
+            except LineTooLong:
+                self._error(p.LINE_TOO_LONG)
+                continue
+            finally:
+                self.idle = False
+            if p.has_bad_bytes(line):
+                self._error(p.BAD_BYTES)
+                continue
+            verb, arg = p.split_command(line)
+            handler = handlers.get(verb)
+            if handler is None:
+                self._error(p.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED_VERBS else p.NOT_RECOGNIZED)
+                continue
+            await handler(arg)
+
+    def _error(self, reply: bytes) -> None:
+        """A protocol error: answer, and hang up after too many (RFC 5321 s. 4.3.2 421)."""
+        self.errors += 1
+        self.write(reply)
+        if self.errors >= self.rt.config.proxy.max_errors:
+            self.write(p.TOO_MANY_ERRORS)
+            self.closing = True
+
+    def shut_down_if_idle(self) -> None:
+        """Drain: a session waiting for a command outside a transaction ends now."""
+        if self.idle and self._waiter is not None:
+            self.write(p.SHUTTING_DOWN)
+            self.closing = True
+            self._eof = True
+            self._wake()
+
+    # -- who the client is -------------------------------------------------------------------
+    def facts(self, mail_from: str | None, recipients: list[str] | tuple = ()) -> SessionFacts:
+        """The client as the checks see it: XFORWARD's (never mixed with ours, XFORWARD_README
+        note 4) or the connection's.  ADDR=[UNAVAILABLE] marks a forwarded local submission."""
+        if self.xforward is not None:
+            ip = self.xforward_ip
+            if ip is None:
+                return SessionFacts(self.peer_ip, None, mail_from, tuple(recipients), True)
+            helo = self.xforward.get("HELO") or None
+        else:
+            ip, helo = self.peer_ip, self.helo_name
+        return SessionFacts(ip, helo, mail_from, tuple(recipients), self.rt.policy.is_trusted(ip))
+
+    def upstream_xforward(self) -> dict[str, str | None]:
+        """What the upstream should log as the client: the forwarded attributes, or ours."""
+        if self.xforward is not None:
+            return self.xforward
+        return {"NAME": None, "ADDR": self.peer[0], "PORT": str(self.peer[1]),
+                "PROTO": "ESMTP" if self.esmtp else "SMTP", "HELO": self.helo_name,
+                "SOURCE": "REMOTE"}
+
+    # -- commands ----------------------------------------------------------------------------
+    async def smtp_ehlo(self, arg: bytes) -> None:
+        await self._greet(arg, esmtp=True)
+
+    async def smtp_helo(self, arg: bytes) -> None:
+        await self._greet(arg, esmtp=False)
+
+    async def _greet(self, arg: bytes, *, esmtp: bool) -> None:
+        name = p.helo_argument(arg)
+        if name is None:
+            self._error(p.reply(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname"))
+            return
+        await self._abandon_transaction()            # RFC 5321 s. 4.1.4: like RSET
+        self.xforward = None
+        self.greeted, self.esmtp, self.helo_name = True, esmtp, name
+        if not esmtp:
+            self.write(f"250 {self.rt.hostname}\r\n".encode())
+            return
+        lines = [self.rt.hostname, "PIPELINING", f"SIZE {self.rt.config.proxy.max_message_size}",
+                 "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN"]
+        if self.rt.tls_context(self.listener_index) is not None and not self.tls:
+            lines.append("STARTTLS")
+        if self.xforward_allowed:
+            lines.append(p.XFORWARD_EHLO_KEYWORD)
+        self.write(p.reply(250, "\n".join(lines)))
+
+    async def smtp_mail(self, arg: bytes) -> None:
+        if not self.greeted:
+            self._error(p.NEED_HELO)
+            return
+        if self.tx is not None:
+            self._error(p.NESTED_MAIL)
+            return
+        if self.server.draining:
+            self.write(p.SHUTTING_DOWN)
+            self.closing = True
+            return
+        try:
+            path = p.parse_path_argument(arg, "FROM:", allowed=p.MAIL_PARAMETERS, null_allowed=True)
+        except p.SyntaxProblem as problem:
+            self._error(problem.reply)
+            return
+        size = path.param("SIZE")
+        if size and int(size) > self.rt.config.proxy.max_message_size:
+            self.write(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+            return
+        facts = self.facts(path.address)
+        verify = self.listener.role == "inbound" and not facts.trusted
+        spf_task = self.rt.engine.start_spf(facts) if verify else None   # DNS overlaps RCPT, DATA
+        try:
+            conn, reply = await self.rt.pool(self.listener_index).begin(
+                self.upstream_xforward(), b"MAIL " + arg + p.CRLF)
+        except UpstreamError as exc:
+            log.warning("upstream unavailable at MAIL from %s: %s", facts.client_ip, exc)
+            _cancel(spf_task)
+            self.write(p.UPSTREAM_UNAVAILABLE)
+            return
+        if not reply.positive or reply.code == 421:
+            _cancel(spf_task)
+            if reply.code == 421:
+                conn.close()
+                self.write(p.UPSTREAM_UNAVAILABLE)
+            else:
+                self.rt.pool(self.listener_index).release(conn)
+                self.write(reply.to_bytes())
+            return
+        self.tx = Transaction(path.address, facts, conn, spf_task)
+        self.write(reply.to_bytes())
+
+    async def smtp_rcpt(self, arg: bytes) -> None:
+        tx = self.tx
+        if tx is None:
+            self._error(p.NEED_MAIL)
+            return
+        try:
+            path = p.parse_path_argument(arg, "TO:", allowed=p.RCPT_PARAMETERS, null_allowed=False)
+        except p.SyntaxProblem as problem:
+            self._error(problem.reply)
+            return
+        if tx.broken:
+            self.write(p.UPSTREAM_UNAVAILABLE)
+            return
+        if len(tx.recipients) >= self.rt.config.proxy.max_recipients:
+            self.write(p.TOO_MANY_RCPT)
+            return
+        try:
+            reply = await tx.upstream.command(b"RCPT " + arg + p.CRLF)
+        except UpstreamError as exc:
+            log.warning("upstream failed at RCPT: %s", exc)
+            tx.broken = True
+            self.write(p.UPSTREAM_UNAVAILABLE)
+            return
+        if reply.code == 421:
+            tx.upstream.close()
+            tx.broken = True
+            self.write(p.UPSTREAM_UNAVAILABLE)
+            return
+        if reply.positive:
+            tx.recipients.append(path.address)
+        self.write(reply.to_bytes())
+
+    async def smtp_data(self, arg: bytes) -> None:
+        tx = self.tx
+        if arg:
+            self._error(p.reply(501, "5.5.4 Syntax: DATA"))
+            return
+        if tx is None:
+            self._error(p.NEED_MAIL if self.greeted else p.NEED_HELO)
+            return
+        if tx.broken:
+            self.write(p.UPSTREAM_UNAVAILABLE)
+            await self._end_transaction(BROKEN)
+            return
+        if not tx.recipients:
+            self._error(p.NO_VALID_RCPT)
+            return
+        self.write(p.START_DATA)
+        try:
+            content = await self.read_data()
+        except DataTooBig as big:
+            log.info("message from %s too big (%d bytes or more)", tx.facts.client_ip, big.size)
+            self.write(p.SIZE_EXCEEDED)
+            await self._end_transaction(RESET)
+            return
+        facts = self.facts(tx.mail_from, tx.recipients)
+        outcome = await handle_message(self.rt, self.listener.role, facts, content,
+                                       self.buffer.dot_lines, tx.spf_task, tx.upstream,
+                                       lambda: self.alive, self.peer[0])
+        tx.spf_task = None
+        if outcome.reply is not None:
+            self.write(outcome.reply)
+        await self._end_transaction(outcome.upstream)
+
+    async def smtp_rset(self, arg: bytes) -> None:
+        if arg:
+            self._error(p.reply(501, "5.5.4 Syntax: RSET"))
+            return
+        await self._abandon_transaction()
+        self.xforward = None
+        self.write(p.RESET_OK)
+
+    async def smtp_noop(self, arg: bytes) -> None:
+        self.write(p.OK)
+
+    async def smtp_quit(self, arg: bytes) -> None:
+        self.write(p.BYE)
+        self.closing = True
+
+    async def smtp_vrfy(self, arg: bytes) -> None:
+        self.write(p.VRFY_REPLY)
+
+    async def smtp_help(self, arg: bytes) -> None:
+        self.write(p.HELP_REPLY)
+
+    async def smtp_xforward(self, arg: bytes) -> None:
+        if not self.xforward_allowed:
+            self._error(p.XFORWARD_DENIED)
+            return
+        if self.tx is not None:
+            self._error(p.XFORWARD_IN_TRANSACTION)
+            return
+        try:
+            attrs = p.parse_xforward(arg)
+        except p.SyntaxProblem as problem:
+            self._error(problem.reply)
+            return
+        if self.xforward is None:       # the first XFORWARD: everything else unavailable
+            self.xforward = dict.fromkeys(p.XFORWARD_ATTRIBUTES)
+        self.xforward.update(attrs)
+        self.xforward_ip = p.xforward_client_ip(self.xforward)
+        self.write(p.OK)
+
+    async def smtp_starttls(self, arg: bytes) -> None:
+        context = self.rt.tls_context(self.listener_index)
+        if context is None:
+            self._error(p.NOT_IMPLEMENTED)
+            return
+        if self.tls:
+            self._error(p.TLS_ALREADY)
+            return
+        if arg:
+            self._error(p.reply(501, "5.5.4 Syntax: STARTTLS"))
+            return
+        if self.tx is not None:
+            self._error(p.XFORWARD_IN_TRANSACTION)
+            return
+        self.write(p.TLS_READY)
+        self.buffer.clear()          # RFC 3207 s. 4.2: nothing pipelined before TLS counts
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, context, server_side=True,
+                                             ssl_handshake_timeout=self.rt.config.proxy.command_timeout)
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.peer[0], exc)
+            raise ClientGone() from None
+        if transport is None:
+            raise ClientGone()
+        self.transport = transport
+        self.tls = True
+        self.greeted, self.esmtp, self.helo_name, self.xforward = False, False, None, None
+
+    # -- ending transactions -----------------------------------------------------------------
+    async def _end_transaction(self, upstream_state: str) -> None:
+        """After end of data (or a refusal of it): release, reset or drop the upstream side."""
+        tx, self.tx = self.tx, None
+        self.xforward = None              # XFORWARD_README: reset after DOT
+        if tx is None:
+            return
+        _cancel(tx.spf_task)
+        pool = self.rt.pool(self.listener_index)
+        if upstream_state == DONE:
+            pool.release(tx.upstream)
+        elif upstream_state == BROKEN or tx.broken:
+            tx.upstream.close()
+        elif await tx.upstream.reset():
+            pool.release(tx.upstream)
+        else:
+            tx.upstream.close()
+
+    async def _abandon_transaction(self) -> None:
+        if self.tx is not None:
+            await self._end_transaction(BROKEN if self.tx.broken else RESET)
+
+    async def _read_proxy_header(self) -> bool:
+        if not self.rt.proxy_protocol_hosts.contains(self.peer_ip):
+            log.warning("PROXY protocol header expected from untrusted %s; closing", self.peer[0])
+            return False
+        while True:
+            try:
+                parsed = proxy_protocol.parse(self.buffer.head(proxy_protocol.V2_MAX))
+            except proxy_protocol.ProxyProtocolError as exc:
+                log.warning("bad PROXY protocol header from %s: %s", self.peer[0], exc)
+                return False
+            if parsed is not None:
+                header, length = parsed
+                self.buffer.consume(length)
+                if header.source is not None:
+                    self._set_peer(*header.source)
+                return True
+            await self._wait_input(self.rt.config.proxy.command_timeout)
+
+
+def _cancel(task: asyncio.Future | None) -> None:
+    """Stop an SPF check nobody will wait for (and mark a failure of it as seen)."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()

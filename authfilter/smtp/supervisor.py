@@ -1,0 +1,272 @@
+"""``authfilter serve``: one worker per core on the same ports, signals, reload and drain.
+
+With ``proxy.workers`` = 1 the proxy runs in this process.  Otherwise this process is a small
+supervisor: it checks that every listening address can be bound, forks the workers (each binds
+the ports itself with SO_REUSEPORT, so the kernel spreads connections across them), restarts a
+worker that dies, forwards SIGHUP (after checking that the new config loads) and turns SIGTERM
+or SIGINT into a drain of every worker.
+
+Inside a worker: SIGTERM/SIGINT drain (no new connections, transactions in progress finish
+within ``proxy.drain_timeout``, idle sessions get 421), SIGHUP reloads config and policy for
+new sessions without dropping any.  Messages of 256 KB and more are verified in a small
+process pool (``proxy.offload_workers``) so a 2 MB message does not stall other sessions.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any, Callable
+
+from .. import config as config_mod
+from ..config import Config, ConfigError
+from ..policy import PolicyError
+from ..metrics import Metrics, worker_listen
+from .server import Observer, ProxyServer, parse_address
+
+log = logging.getLogger("authfilter.serve")
+
+ObserverFactory = Callable[[Config], list[Observer]]
+RESTART_WINDOW = 30.0          # seconds; a worker dying more often than MAX_RESTARTS in it
+MAX_RESTARTS = 5               # means something is wrong: stop instead of looping
+SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+
+class StartupError(Exception):
+    pass
+
+
+def load_config(path: str | None) -> Config:
+    """The config with its policy checked, or ConfigError/PolicyError naming the problem."""
+    from ..policy import Policy
+    config = config_mod.load(path)
+    Policy.from_config(config)
+    return config
+
+
+def loop_runner(config: Config) -> Callable[[Any], int]:
+    """``asyncio.run`` or ``uvloop.run``, as configured (StartupError when unavailable)."""
+    if config.proxy.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if config.proxy.event_loop == "uvloop":
+                raise StartupError("proxy.event_loop = \"uvloop\" but uvloop is not installed "
+                                   "(pip install uvloop)") from None
+        else:
+            return uvloop.run
+    return asyncio.run
+
+
+def worker_count(config: Config) -> int:
+    return config.proxy.workers or os.cpu_count() or 1
+
+
+def make_executor(config: Config) -> Executor | None:
+    """The pool for big messages.  forkserver, not fork: a forked child of a worker would keep
+    the worker's listening sockets open after a drain."""
+    if config.proxy.offload_workers <= 0:
+        return None
+    return ProcessPoolExecutor(config.proxy.offload_workers,
+                               mp_context=multiprocessing.get_context("forkserver"))
+
+
+# -- one worker ----------------------------------------------------------------------------
+async def run_worker(config_path: str | None, config: Config, *, workers: int,
+                     observer_factory: ObserverFactory, slot: int = 0, restarts: int = 0) -> int:
+    """One worker: ``slot`` numbers it among its siblings (for its metrics port), ``restarts``
+    says how often the supervisor has restarted this slot."""
+    loop = asyncio.get_running_loop()
+    executor = make_executor(config)
+    metrics = Metrics()
+    for _ in range(restarts):
+        metrics.worker_restarted()
+    observers = observer_factory(config)
+    server = ProxyServer(config, executor=executor, workers=workers, reuse_port=workers > 1,
+                         observers=observers, metrics=metrics)
+    endpoint = None
+    try:
+        await server.start()
+        if config.metrics.listen:
+            endpoint = metrics.start_http(config.metrics.listen if workers == 1
+                                          else worker_listen(config.metrics.listen, slot))
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        await server.drain(0)
+        return 1
+    for observer in observers:
+        if hasattr(observer, "start"):
+            await observer.start()
+    stop = asyncio.Event()
+    reloading: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            new = load_config(config_path)
+            await server.reload(new)
+        except (ConfigError, PolicyError) as exc:
+            log.error("reload refused, keeping the running config:\n  %s",
+                      "\n  ".join(getattr(exc, "problems", [str(exc)])))
+        except Exception as exc:                     # TLS files, signing keys ...
+            log.error("reload refused, keeping the running config: %s", exc)
+        else:
+            logging.getLogger().setLevel(new.logging.level.upper())
+            log.info("config reloaded from %s", config_path or "(embedded defaults)")
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    log.info("worker %d listening on %s, relaying to %s", os.getpid(),
+             ", ".join(f"{h}:{p} ({lc.role})" for (h, p), lc in
+                       zip(server.addresses(), config.proxy.listeners)), config.proxy.upstream)
+    if executor is not None:                          # start the pool now, not on the first big message
+        loop.run_in_executor(executor, int)
+    await stop.wait()
+    log.info("worker %d draining", os.getpid())
+    await server.drain(server.config.proxy.drain_timeout)
+    for observer in observers:
+        if hasattr(observer, "close"):
+            await observer.close()
+    if endpoint is not None:
+        endpoint.stop()
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)
+    log.info("worker %d stopped", os.getpid())
+    return 0
+
+
+# -- the supervisor ------------------------------------------------------------------------
+def check_addresses(config: Config) -> None:
+    """Fail early, with the address, when a port cannot be bound (in use, no permission)."""
+    for listener in config.proxy.listeners:
+        host, port = parse_address(listener.address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise StartupError(f"cannot listen on {listener.address}: {why}") from None
+
+
+def serve(config_path: str | None, config: Config, observer_factory: ObserverFactory) -> int:
+    workers = worker_count(config)
+    try:
+        runner = loop_runner(config)
+        if workers == 1:
+            return runner(run_worker(config_path, config, workers=1,
+                                     observer_factory=observer_factory))
+        check_addresses(config)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    return Supervisor(config_path, config, workers, observer_factory, runner).run()
+
+
+class Supervisor:
+    def __init__(self, config_path: str | None, config: Config, workers: int,
+                 observer_factory: ObserverFactory, runner: Callable[[Any], int]) -> None:
+        self.runner = runner
+        self.config_path = config_path
+        self.config = config
+        self.workers = workers
+        self.observer_factory = observer_factory
+        self.children: dict[int, int] = {}          # pid -> worker slot
+        self.slot_restarts = [0] * workers
+        self.restarts: list[float] = []
+        self.stopping = False
+        self.gave_up = False
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        for slot in range(self.workers):
+            self._spawn(slot)
+        log.info("supervisor %d started %d workers", os.getpid(), self.workers)
+        deadline: float | None = None
+        while self.children:
+            timeout = 1.0 if deadline is None else max(0.05, min(1.0, deadline - time.monotonic()))
+            info = signal.sigtimedwait(SUPERVISOR_SIGNALS, timeout)
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+                self.stopping = True
+                deadline = time.monotonic() + self.config.proxy.drain_timeout + 10
+                self._signal_all(signal.SIGTERM)
+            elif info is not None and info.si_signo == signal.SIGHUP:
+                self._reload()
+            self._reap()
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("workers did not stop in time; killing them")
+                self._signal_all(signal.SIGKILL)
+                deadline = None
+        return 1 if self.gave_up else 0
+
+    def _spawn(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:                                  # the worker
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                code = self.runner(run_worker(self.config_path, self.config, workers=self.workers,
+                                              observer_factory=self.observer_factory, slot=slot,
+                                              restarts=self.slot_restarts[slot]))
+            except BaseException:
+                log.exception("worker crashed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = slot
+
+    def _signal_all(self, signo: int) -> None:
+        for pid in self.children:
+            try:
+                os.kill(pid, signo)
+            except ProcessLookupError:
+                pass
+
+    def _reload(self) -> None:
+        try:
+            self.config = load_config(self.config_path)
+        except (ConfigError, PolicyError) as exc:
+            log.error("reload refused, keeping the running config:\n  %s", "\n  ".join(exc.problems))
+            return
+        log.info("reloading %d workers", len(self.children))
+        self._signal_all(signal.SIGHUP)
+
+    def _reap(self) -> None:
+        """Collect exited workers; restart them unless stopping."""
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                break
+            if pid == 0:
+                break
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                continue
+            log.error("worker %d exited with %d", pid, code)
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+            if len(self.restarts) > MAX_RESTARTS:
+                log.error("workers keep failing; stopping")
+                self.stopping = self.gave_up = True
+                self._signal_all(signal.SIGTERM)
+                continue
+            self.slot_restarts[slot] += 1
+            self._spawn(slot)

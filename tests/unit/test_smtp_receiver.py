@@ -1,0 +1,123 @@
+"""The bulk receive buffer: command lines, DATA blocks, limits, dot-stuffing."""
+from __future__ import annotations
+
+import pytest
+
+from authfilter.smtp.receiver import DataTooBig, LineTooLong, ReceiveBuffer, stuff, unstuff
+
+
+def feed(*chunks: bytes) -> ReceiveBuffer:
+    buf = ReceiveBuffer()
+    for c in chunks:
+        buf.feed(c)
+    return buf
+
+
+def test_lines_with_crlf_and_bare_lf():
+    buf = feed(b"EHLO a\r\nNOOP\nQU")
+    assert buf.take_line(512) == b"EHLO a"
+    assert buf.take_line(512) == b"NOOP"
+    assert buf.take_line(512) is None
+    buf.feed(b"IT\r\n")
+    assert buf.take_line(512) == b"QUIT"
+
+
+def test_overlong_line_is_discarded_then_reported_once():
+    buf = feed(b"x" * 600)                       # no line end yet: memory stays bounded
+    assert buf.take_line(512) is None and len(buf) == 0
+    buf.feed(b"y" * 600 + b"\r\nNOOP\r\n")
+    with pytest.raises(LineTooLong):
+        buf.take_line(512)
+    assert buf.take_line(512) == b"NOOP"
+    buf.feed(b"z" * 513 + b"\r\n")              # complete but too long
+    with pytest.raises(LineTooLong):
+        buf.take_line(512)
+
+
+def data(*chunks: bytes, limit: int = 1 << 20) -> bytes | None:
+    buf = ReceiveBuffer()
+    buf.begin_data()
+    out = None
+    for c in chunks:
+        buf.feed(c)
+        out = buf.take_data(limit)
+        if out is not None:
+            break
+    return out
+
+
+def test_data_block_and_what_follows():
+    buf = feed(b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    buf.begin_data()
+    assert buf.take_data(1000) == b"Subject: x\r\n\r\nbody\r\n"
+    assert buf.take_line(512) == b"QUIT"
+
+
+def test_end_marker_split_over_chunks_at_every_position():
+    message = b"a\r\nb\r\n.\r\n"
+    for cut in range(1, len(message)):
+        assert data(message[:cut], message[cut:]) == b"a\r\nb\r\n", cut
+
+
+def test_empty_message_even_byte_by_byte():
+    assert data(b".\r\n") == b""
+    assert data(b".", b"\r", b"\n") == b""
+
+
+def test_dot_unstuffing():
+    assert data(b"..leading\r\nmid\r\n..\r\n.x\r\n.\r\n") == b".leading\r\nmid\r\n.\r\nx\r\n"
+
+
+def test_dot_lines_are_counted_and_plain_blocks_come_back_as_read():
+    buf = feed(b".a\r\nb\r\n..c\r\n.\r\n")
+    buf.begin_data()
+    assert buf.take_data(1000) == b"a\r\nb\r\n.c\r\n" and buf.dot_lines == 2
+    buf.feed(b"plain\r\n.\r\n")
+    buf.begin_data()
+    assert buf.take_data(1000) == b"plain\r\n" and buf.dot_lines == 0
+
+
+def test_dot_line_split_over_chunks_is_counted_once():
+    raw = b"a\r\n.b\r\nc\r\n.\r\n"
+    for cut in range(1, len(raw)):
+        buf = ReceiveBuffer()
+        buf.begin_data()
+        buf.feed(raw[:cut])
+        assert buf.take_data(1000) is None
+        buf.feed(raw[cut:])
+        assert buf.take_data(1000) == b"a\r\nb\r\nc\r\n" and buf.dot_lines == 1, cut
+
+
+def test_only_crlf_dot_crlf_ends_data():
+    # bare-LF "." lines do not end the block (SMTP smuggling); the CRLF line ".\nc\n." is
+    # unstuffed like any line that starts with "."
+    raw = b"a\n.\nb\r\n.\nc\n.\r\nd\r\n.\r\n"
+    assert data(raw) == b"a\n.\nb\r\n\nc\n.\r\nd\r\n"
+
+
+def test_oversize_data_is_read_to_the_end_and_discarded():
+    buf = ReceiveBuffer()
+    buf.begin_data()
+    for _ in range(100):
+        buf.feed(b"x" * 998 + b"\r\n")
+        assert buf.take_data(10_000) is None
+        assert len(buf) <= 10_000 + 1002           # bounded
+    buf.feed(b".\r\nNOOP\r\n")
+    with pytest.raises(DataTooBig) as big:
+        buf.take_data(10_000)
+    assert big.value.size == 100_000
+    assert buf.take_line(512) == b"NOOP"
+
+
+def test_message_at_the_limit_is_accepted():
+    body = b"x" * 8 + b"\r\n"
+    assert data(body + b".\r\n", limit=len(body)) == body
+    with pytest.raises(DataTooBig):
+        data(body + b".\r\n", limit=len(body) - 1)
+
+
+@pytest.mark.parametrize("content", [b"", b"plain\r\n", b".a\r\n..b\r\n.\r\nc\r\n", b"x\r\n.\r\n"])
+def test_stuff_then_unstuff_is_identity(content):
+    assert unstuff(stuff(content)) == content
+    if content:
+        assert b"\r\n.\r\n" not in b"\r\n" + stuff(content)[:-2]
