@@ -191,6 +191,8 @@ class ListenerConfig:
     tls_key: str = setting("", "PEM private key for tls_cert; empty = the key is in tls_cert")
     proxy_protocol: bool = setting(False, "connections start with a PROXY protocol v1/v2 header "
                                           "(HAProxy); only from proxy.proxy_protocol_hosts")
+    arc_seal: bool = setting(False, "inbound: add an ARC set (RFC 8617) built from our "
+                                    "Authentication-Results to mail we relay; needs [signing.arc]")
 
 
 @dataclass

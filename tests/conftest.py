@@ -10,7 +10,17 @@ from authfilter.dns import Resolver
 from tests.dnsserver import DnsTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTDATA = Path(os.environ.get("AUTHFILTER_TESTDATA", ROOT.parent / "shared" / "testdata"))
+def _testdata_dir() -> Path:
+    """$AUTHFILTER_TESTDATA, else ../shared/testdata beside the checkout, else the workplace's."""
+    if os.environ.get("AUTHFILTER_TESTDATA"):
+        return Path(os.environ["AUTHFILTER_TESTDATA"])
+    for candidate in (ROOT.parent / "shared" / "testdata", Path("/work/shared/testdata")):
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "testdata"
+
+
+TESTDATA = _testdata_dir()
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..authres import build_header, strip_our_headers
+from ..authres import build_header, header_value, strip_our_headers
 from ..message import normalize_line_ends
-from ..policy import ACCEPT, REJECT, TEMPFAIL, Action
+from ..policy import ACCEPT, QUARANTINE, REJECT, TEMPFAIL, Action
 from ..results import ArcResult, DmarcResult, SessionFacts, SpfResult, Verdict
 from . import protocol
 from .logline import message_record
@@ -26,6 +26,7 @@ from .receiver import stuff
 from .upstream import UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
+    from ..signing import ArcSealer
     from .server import Runtime
 
 log = logging.getLogger("authfilter.proxy")
@@ -100,7 +101,7 @@ async def _verdict(rt: "Runtime", facts: SessionFacts, raw: bytes,
 async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content: bytes,
                          dot_lines: int, spf_task: asyncio.Future | None,
                          conn: UpstreamConnection, client_alive: Callable[[], bool],
-                         peer: str) -> Outcome:
+                         peer: str, sealer: "ArcSealer | None" = None) -> Outcome:
     """``content`` is the unstuffed DATA block; ``dot_lines`` counts its LF "." sequences as
     received (0: it goes upstream without a stuffing pass)."""
     started = time.monotonic()
@@ -121,7 +122,13 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
             action = Action(TEMPFAIL, "internal error while checking", protocol.TEMP_FAILURE)
         header = build_header(rt.authserv_id, facts, verdict).encode("utf-8") if verdict \
             else empty_results_header(rt.authserv_id)
-        parts = [header, action.add_headers, stuff(raw) if dot_lines else raw]
+        if sealer is not None and verdict is not None and action.kind in (ACCEPT, QUARANTINE):
+            # RFC 8617 s. 5.1: the AAR carries our results; the seal covers what we relay.
+            raw = sealer.seal(action.add_headers + raw, header_value(rt.authserv_id, facts, verdict),
+                              verdict.arc)
+            parts = [header, stuff(raw)]
+        else:
+            parts = [header, action.add_headers, stuff(raw) if dot_lines else raw]
     else:
         try:
             raw = rt.sign(normalize_line_ends(content), facts)

@@ -23,6 +23,7 @@ from ..metrics import Metrics
 from ..dns import Resolver
 from ..policy import Action, Policy
 from ..results import SessionFacts, Verdict
+from ..signing import ArcSealer
 from . import protocol
 from .logline import format_json, format_kv
 from .protocol import Reply
@@ -86,6 +87,7 @@ class Runtime:
     metrics: Metrics
     _tls: list[ssl.SSLContext | None] = field(default_factory=list)
     _pools: list[UpstreamPool] = field(default_factory=list)
+    _sealers: list[ArcSealer | None] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: Config, resolver: Resolver, *, executor: Executor | None,
@@ -97,6 +99,7 @@ class Runtime:
         authserv_id = config.general.effective_authserv_id()
         hostname = proxy.hostname or authserv_id
         needs_signer = any(lc.role == "submission" for lc in proxy.listeners)
+        sealer = ArcSealer.from_config(config) if any(lc.arc_seal for lc in proxy.listeners) else None
         pools: dict[str, UpstreamPool] = {}
         for lc in proxy.listeners:
             address = lc.upstream or proxy.upstream
@@ -117,6 +120,7 @@ class Runtime:
             metrics=metrics,
             _tls=[tls_context(lc) for lc in proxy.listeners],
             _pools=[pools[lc.upstream or proxy.upstream] for lc in proxy.listeners],
+            _sealers=[sealer if lc.arc_seal else None for lc in proxy.listeners],
         )
 
     def tls_context(self, listener_index: int) -> ssl.SSLContext | None:
@@ -124,6 +128,9 @@ class Runtime:
 
     def pool(self, listener_index: int) -> UpstreamPool:
         return self._pools[listener_index]
+
+    def sealer(self, listener_index: int) -> ArcSealer | None:
+        return self._sealers[listener_index]
 
     def format_record(self, record: dict) -> str:
         return format_json(record) if self.config.logging.format == "json" else format_kv(record)

@@ -394,7 +394,8 @@ class SmtpSession(asyncio.Protocol):
         facts = self.facts(tx.mail_from, tx.recipients)
         outcome = await handle_message(self.rt, self.listener.role, facts, content,
                                        self.buffer.dot_lines, tx.spf_task, tx.upstream,
-                                       lambda: self.alive, self.peer[0])
+                                       lambda: self.alive, self.peer[0],
+                                       self.rt.sealer(self.listener_index))
         tx.spf_task = None
         if outcome.reply is not None:
             self.write(outcome.reply)

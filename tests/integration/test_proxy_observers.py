@@ -63,3 +63,38 @@ def test_report_rows_are_recorded_for_relayed_and_rejected_mail(zone, sink, star
         store.close()
     assert rows == [("example.org", "127.0.0.1", 0, "reject", 1),
                     ("example.org", "127.0.0.1", 1, "none", 1)]
+
+
+def test_inbound_listener_seals_relayed_mail_with_arc(zone, sink, start_proxy, tmp_path):
+    """RFC 8617: our ARC set carries our results; both our validator and dkimpy accept it."""
+    import asyncio
+    import os
+
+    import dkim
+
+    from authfilter.checks.arc import validate_arc
+    from authfilter.message import Message
+    from tests.mailtools import dkim_key
+    from tests.proxyrunner import proxy_config
+
+    publish_domain(zone, "example.org")
+    seal_key = dkim_key()
+    key_file = tmp_path / "arc.key"
+    key_file.write_bytes(seal_key.private_pem)
+    os.chmod(key_file, 0o600)
+    zone.add("arc._domainkey.mx.test", "TXT", seal_key.record)
+    config = proxy_config(sink.address)
+    config.signing.arc.domain, config.signing.arc.selector = "mx.test", "arc"
+    config.signing.arc.key_file = str(key_file)
+    config.proxy.listeners[0].arc_seal = True
+    proxy = start_proxy(config)
+    send(proxy, signed(message()))
+    delivered = sink.messages[-1].content
+    assert delivered.startswith(b"Authentication-Results: mx.test;"), delivered
+    assert b"\r\nARC-Seal: " in delivered and b" cv=none;" in delivered
+    assert b"ARC-Authentication-Results: i=1; mx.test;" in delivered
+    chain = asyncio.run(validate_arc(Message.parse(delivered), proxy.server.resolver))
+    assert (chain.result, chain.instances, chain.sealers) == ("pass", 1, ("mx.test",))
+    records = {b"arc._domainkey.mx.test.": seal_key.record.encode()}
+    cv, _, reason = dkim.arc_verify(delivered, dnsfunc=lambda name, timeout=5: records.get(name))
+    assert cv == b"pass", reason
