@@ -65,7 +65,10 @@ class DmarcRules:
     temperror_reject: ActionWord = setting(TEMPFAIL, "DMARC temperror where the record found "
                                                      "asks for reject")
     temperror: ActionWord = setting(ACCEPT, "any other DMARC temperror (no record could be read)")
-    permerror: ActionWord = setting(ACCEPT, "DMARC permerror (no usable From, broken record)")
+    permerror: ActionWord = setting(ACCEPT, "DMARC permerror from a broken DMARC record")
+    invalid_from: ActionWord = setting(REJECT, "no single usable author domain: several From "
+                                               "fields, no From, an unparsable From (the classic "
+                                               "DMARC bypass; RFC 5322 s. 3.6 requires one From)")
 
 
 @dataclass
@@ -150,6 +153,8 @@ _REPLIES = {
     "dmarc_temperror": ("4.3", "Temporary DNS failure while checking DMARC for {domain}, "
                                "try again later"),
     "dmarc_permerror": ("7.1", "Message cannot be checked with DMARC ({reason})"),
+    "invalid_from": ("7.1", "Message must have exactly one From address with a domain "
+                            "(RFC 5322 s. 3.6): {reason}"),
     "spf_fail": ("7.23", "SPF check failed: {domain} does not permit this server to send its mail"),
     "spf_softfail": ("7.23", "SPF check failed (softfail): {domain} does not permit this server "
                              "to send its mail"),
@@ -259,6 +264,9 @@ class Policy:
             kind = rules.temperror_reject if asks_reject else rules.temperror
             reason = f"dmarc=temperror from={domain}" + (" (p=reject)" if asks_reject else "")
             return _Outcome(kind, "dmarc_temperror", domain, f"{reason}: {dm.reason}", False)
+        if dm.result == "permerror" and dm.author_error:
+            return _Outcome(rules.invalid_from, "invalid_from", domain,
+                            f"dmarc=permerror: {dm.reason}", False)
         if dm.result == "permerror":
             return _Outcome(rules.permerror, "dmarc_permerror", domain,
                             f"dmarc=permerror: {dm.reason}", False)

@@ -97,6 +97,8 @@ class DmarcResult:
     testing: bool = False               # t=y (RFC 9989) or pct<100 sampled out (RFC 7489)
     record: dict[str, str] | None = None  # the parsed tags of the record used
     reason: str | None = None
+    author_error: bool = False          # permerror because the From field has no single usable
+                                        # author domain (several From fields, none, unparsable)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -299,7 +299,7 @@ async def evaluate_dmarc(discovery: PolicyDiscovery, spf: SpfResult, dkim: Seque
     """Identifier alignment and policy; ``sample`` draws in [0, 1) for RFC 7489 ``pct``."""
     if discovery.from_error:
         first = discovery.from_domains[0] if discovery.from_domains else None
-        return DmarcResult("permerror", first, reason=discovery.from_error)
+        return DmarcResult("permerror", first, reason=discovery.from_error, author_error=True)
     spf_domain = _spf_identifier(spf)
     dkim_domains = tuple(dict.fromkeys(d for d in map(_dkim_identifier, dkim) if d))
     results = await _all([

@@ -365,7 +365,7 @@ def test_rfc7489_temperror_at_from_domain(zone, resolver):
 def test_from_problems_are_permerror(zone, resolver, froms, reason):
     zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=reject")
     r = check(resolver, msg=message(*froms))
-    assert r.result == "permerror" and reason in r.reason
+    assert r.result == "permerror" and reason in r.reason and r.author_error
     assert zone.queries == []
 
 

@@ -158,3 +158,16 @@ def test_bad_policy_files_name_the_key(tmp_path: Path):
     bad.write_text('[quarantine]\nheader = "X Bad"\n')
     with pytest.raises(PolicyError, match="quarantine.header"):
         load_rules(bad)
+
+
+def test_no_single_author_domain_is_refused_by_default_but_a_broken_record_is_not():
+    """Several From fields is the classic DMARC bypass (references trap #6)."""
+    import dataclasses
+    two_froms = verdict("permerror", "none", from_domain="example.org")
+    two_froms = dataclasses.replace(two_froms, dmarc=dataclasses.replace(
+        two_froms.dmarc, author_error=True, reason="multiple From header fields (2: a, b)"))
+    refused = policy().decide(FACTS, two_froms)
+    assert refused.kind == "reject" and refused.reply.startswith(b"550 5.7.1 ")
+    assert b"exactly one From" in refused.reply
+    assert policy().decide(FACTS, verdict("permerror", "none")).kind == "accept"   # broken record
+    assert policy("monitor").decide(FACTS, two_froms).kind == "accept"
