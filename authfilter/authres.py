@@ -1,8 +1,7 @@
 """Authentication-Results (RFC 8601): build ours, remove forged ones.
 
 We write the header ourselves rather than through the ``authres`` package: building is a few
-string joins, and we need properties the package has no keyword for (``header.b``, RFC 9989's
-``policy.dmarc``).  The tests parse what we write with ``authres`` to prove it is well formed.
+string joins, and we need properties the package has no keyword for (``header.b``).  The tests parse what we write with ``authres`` to prove it is well formed.
 
 Stripping (RFC 8601 §5): any Authentication-Results field whose authserv-id equals ours was not
 written by us for this message (we add ours after stripping), so it is removed.  Only the
@@ -79,8 +78,8 @@ def result_strings(facts: SessionFacts, verdict: Verdict) -> list[str]:
     s = f"dmarc={m.result}{_comment(note)}"
     if m.from_domain:
         s += f" header.from={_value(m.from_domain)}"
-    if m.result != "none" or m.policy != "none":
-        s += f" policy.dmarc={m.disposition}"
+    # The policy and disposition go in the comment, as OpenDMARC writes them, not as a
+    # policy.dmarc= property: common scripts read every "dmarc=" token as a result word.
     parts.append(s)
     return parts
 

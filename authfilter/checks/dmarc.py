@@ -173,6 +173,13 @@ async def tree_walk(domain: str, resolver: Resolver, *, deadline: float | None =
     steps: list[RecordLookup] = []
     for target in tree_walk_targets(domain):
         step = await lookup_record(target, resolver, mode="rfc9989", deadline=deadline)
+        if step.outcome == "error" and "." not in target and any(s.record for s in steps):
+            # Local choice: once a record has been found below it, a TLD whose _dmarc lookup
+            # fails is taken as publishing nothing.  It could only matter if the TLD published
+            # a record without psd=y (making the whole TLD one organization), and a lame TLD
+            # server must not turn every relaxed-alignment check into temperror.
+            step = RecordLookup(target, "absent", dns_status=step.dns_status,
+                                reason=f"{step.reason} (taken as no record at a TLD)")
         steps.append(step)
         if step.outcome == "error" or (step.record is not None and step.record.psd in ("y", "n")):
             break

@@ -4,6 +4,8 @@ import time
 
 import pytest
 
+from authfilter.dns import Resolver
+
 from authfilter.checks.dmarc import discover_policy, evaluate_dmarc
 from authfilter.message import Message
 from authfilter.results import DkimResult, SpfResult
@@ -98,8 +100,12 @@ def test_failure_finding_org_domain_matters_only_for_relaxed_alignment(zone, res
     zone.misbehave("_dmarc.com", "servfail")
     assert check(resolver, sigs=[dkim("example.com")]).result == "pass"          # exact match
     assert check(resolver, sigs=[dkim("evil.example")]).result == "fail"          # cannot align
-    r = check(resolver, spf=spf_pass("bounce.example.com"))                      # needs the org
-    assert r.result == "temperror" and "_dmarc.com" in r.reason
+    # needs the org domain: whatever _dmarc.com says, bounce.example.com and example.com
+    # share it, so a failing TLD lookup (taken as no record) cannot change the answer
+    assert check(resolver, spf=spf_pass("bounce.example.com")).result == "pass"
+    zone.misbehave("_dmarc.example.com", "servfail")                              # below the TLD
+    r = check(Resolver([zone.address], timeout=0.5, lifetime=1.0), spf=spf_pass("bounce.example.com"))
+    assert r.result == "temperror" and "_dmarc.example.com" in r.reason
 
 
 def test_deadline_already_passed_is_temperror(zone, resolver):
@@ -411,3 +417,13 @@ def test_group_syntax_authors_are_evaluated(zone, resolver):
     zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=reject")
     r = check(resolver, "Team: a@example.com;")
     assert (r.result, r.from_domain) == ("fail", "example.com")
+
+
+def test_a_failing_tld_lookup_after_a_record_was_found_is_not_temperror(zone, resolver):
+    """The walk's org-domain step at the TLD fails (an authoritative-only server refuses it);
+    the author's own record is known, so relaxed alignment of an unrelated SPF domain fails
+    cleanly instead of turning into temperror."""
+    zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=reject")
+    zone.misbehave("_dmarc.com", "refused")
+    r = check(resolver, "user@example.com", spf=spf_pass("other.example.net"))
+    assert (r.result, r.disposition) == ("fail", "reject")
