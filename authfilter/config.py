@@ -680,3 +680,14 @@ def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "table"
     return getattr(tp, "__name__", str(tp))
+
+
+def reference_markdown() -> str:
+    """The config reference as a Markdown table (the README carries exactly this)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, typ, default, doc in reference():
+        shown = f"`{default}`" if default else ""
+        if len(shown) > 60:                      # long lists: see `authfilter config show`
+            shown = "see `authfilter config show`"
+        lines.append(f"| `{key}` | {typ.replace('|', '/')} | {shown} | {doc.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

@@ -25,27 +25,23 @@ Exposed series (all prefixed ``authfilter_``):
 ``dns_queries_total``, ``dns_cache_hits_total``, ``dns_coalesced_total``, ``dns_failures_total``
                                               read from the resolver's counters at scrape time
 ``upstream_errors_total{kind}``               failures talking to the next MTA, by kind
-``report_backlog``                            report rows waiting to be sent (callback)
+``report_backlog``                            DMARC report rows buffered, not yet written to the store
 ``worker_restarts_total``                     worker processes restarted by the supervisor
 ============================================  ==========================================
 
 Several worker processes
 ------------------------
-Each process keeps its own registry and serves it on its own port; Prometheus scrapes them
-all and sums them (``sum without (instance) (rate(authfilter_messages_total[5m]))``).  With
-``metrics.listen = "127.0.0.1:9469"`` the supervisor (or a single-process filter) serves
-``9469`` and worker *i* (0-based) serves ``9470 + i``: :func:`worker_listen` computes it.  The
-supervisor's endpoint carries ``worker_restarts_total``; the workers' carry everything else.
+Each worker process keeps its own registry and serves it on its own port; Prometheus scrapes
+them all and sums them (``sum without (instance) (rate(authfilter_messages_total[5m]))``).
+With ``metrics.listen = "127.0.0.1:9469"`` worker *i* (0-based) serves ``9469 + i`` (a single
+process serves ``9469``): :func:`worker_listen` computes it.  ``worker_restarts_total`` is kept
+per worker slot: a restarted worker starts with the number of times its slot was restarted.
 The scrape config lists the ports, e.g. for 4 workers::
 
     - job_name: authfilter
       static_configs:
-        - targets: ["127.0.0.1:9469", "127.0.0.1:9470", "127.0.0.1:9471",
-                    "127.0.0.1:9472", "127.0.0.1:9473"]
+        - targets: ["127.0.0.1:9469", "127.0.0.1:9470", "127.0.0.1:9471", "127.0.0.1:9472"]
 
-This was chosen over prometheus-client's multiprocess mode, which needs a shared directory
-set up before import, cannot serve custom collectors (our DNS counters) and loses gauges of
-dead processes.  Start the endpoint after forking: a server thread does not survive ``fork``.
 """
 from __future__ import annotations
 
@@ -77,10 +73,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 def worker_listen(listen: str, index: int) -> str:
-    """The address worker ``index`` (0-based) serves on: the configured port + 1 + index."""
+    """The address worker ``index`` (0-based) serves on: the configured port + index."""
     host, port = parse_listen_address(listen)
     shown = f"[{host}]" if ":" in host else host
-    return f"{shown}:{port + 1 + index}"
+    return f"{shown}:{port + index}"
 
 
 @dataclass

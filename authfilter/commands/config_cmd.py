@@ -37,8 +37,6 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_reference(args: argparse.Namespace) -> int:
-    from ..config import reference
-    sys.stdout.write("| key | type | default | meaning |\n|---|---|---|---|\n")
-    for key, typ, default, doc in reference():
-        sys.stdout.write(f"| `{key}` | {typ} | {f'`{default}`' if default else ''} | {doc} |\n")
+    from ..config import reference_markdown
+    sys.stdout.write(reference_markdown())
     return 0

@@ -94,8 +94,7 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
     try:
         await server.start()
         if config.metrics.listen:
-            endpoint = metrics.start_http(config.metrics.listen if workers == 1
-                                          else worker_listen(config.metrics.listen, slot))
+            endpoint = metrics.start_http(worker_listen(config.metrics.listen, slot))
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         await server.drain(0)
@@ -103,6 +102,8 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
     for observer in observers:
         if hasattr(observer, "start"):
             await observer.start()
+        if hasattr(observer, "buffered"):                 # the report recorder
+            metrics.watch_report_backlog(lambda o=observer: o.buffered)
     stop = asyncio.Event()
     reloading: set[asyncio.Task] = set()
 

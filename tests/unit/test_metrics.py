@@ -27,8 +27,8 @@ def test_bad_listen_address_is_a_clear_error(text):
 
 
 def test_worker_ports_follow_the_supervisor_port():
-    assert worker_listen("127.0.0.1:9469", 0) == "127.0.0.1:9470"
-    assert worker_listen("[::1]:9469", 3) == "[::1]:9473"
+    assert worker_listen("127.0.0.1:9469", 0) == "127.0.0.1:9469"
+    assert worker_listen("[::1]:9469", 3) == "[::1]:9472"
 
 
 def test_metrics_config_defaults_to_off_and_accepts_loopback_or_one_interface():

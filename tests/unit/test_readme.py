@@ -1,0 +1,23 @@
+"""The README's promises that can drift: the config reference and the quick-start commands."""
+from pathlib import Path
+
+from authfilter.config import reference_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def test_config_reference_in_the_readme_is_the_generated_one():
+    start = README.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
+    end = README.index("<!-- config-reference:end -->")
+    assert README[start:end] == reference_markdown(), \
+        "regenerate: python -m authfilter config reference, between the config-reference markers"
+
+
+def test_quick_start_commands_are_the_ones_ci_runs():
+    first_screen = README[:README.index("## What it does")]
+    assert "pip install . && authfilter serve" in first_screen
+    assert "bash .ci/run" in first_screen
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = "python3 -m pytest -q tests"
+    assert f"`{command}`" in first_screen and ci.rstrip().endswith(f"exec {command}")
