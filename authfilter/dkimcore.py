@@ -420,7 +420,7 @@ def interpret_signature(tags: dict[str, str], kind: str) -> Signature:
         header_canon, body_canon = parse_canonicalization(tags.get("c"))
         names = tuple(n.lower() for n in (strip_whitespace(x) for x in tags["h"].split(":")))
         if not all(_FIELD_NAME.fullmatch(n) for n in names):
-            raise DkimSyntaxError(f"h= is not a list of header field names")
+            raise DkimSyntaxError("h= is not a list of header field names")
         if kind == DKIM and "from" not in names:
             raise DkimSyntaxError("h= does not include From (RFC 6376 section 5.4)")
         if kind == AMS and "arc-seal" in names:

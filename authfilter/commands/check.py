@@ -7,9 +7,7 @@ import ipaddress
 import json
 import sys
 
-from .common import add_config_argument, load_config_or_exit
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from .common import add_config_argument, load_config_or_exit, read_message
 
 
 def register(sub) -> None:
@@ -53,15 +51,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         return _usage_error(f"--ip: {args.ip!r} is not an IP address")
     try:
-        if args.file == "-":
-            raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES + 1)
-        else:
-            with open(args.file, "rb") as fh:
-                raw = fh.read(MAX_MESSAGE_BYTES + 1)
+        raw = read_message(args.file)
     except OSError as exc:
         return _usage_error(f"cannot read {args.file}: {exc.strerror or exc}")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return _usage_error(f"{args.file}: larger than {MAX_MESSAGE_BYTES} bytes")
+    except ValueError as exc:
+        return _usage_error(str(exc))
 
     facts = SessionFacts.create(args.ip, helo=args.helo, mail_from=args.mail_from,
                                 recipients=args.rcpt)

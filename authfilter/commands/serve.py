@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from .common import add_config_argument
+from .common import add_config_argument, load_config_or_exit
 
 LOG_FORMAT = "authfilter[%(process)d]: %(levelname)s %(name)s: %(message)s"
 
@@ -31,16 +31,8 @@ def worker_observers(config) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..policy import PolicyError
     from ..smtp.supervisor import load_config, serve
 
-    try:
-        config = load_config(args.config)
-    except (ConfigError, PolicyError) as exc:
-        sys.stderr.write("authfilter: invalid configuration:\n")
-        for problem in exc.problems:
-            sys.stderr.write(f"  {problem}\n")
-        return 2
+    config = load_config_or_exit(args.config, load_config)
     logging.basicConfig(level=config.logging.level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     return serve(args.config, config, worker_observers)

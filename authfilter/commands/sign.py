@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_config_argument, load_config_or_exit
+from .common import add_config_argument, load_config_or_exit, read_message
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 EXIT_NOT_SIGNED = 1
 EXIT_USAGE = 2
 
@@ -32,16 +31,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"authfilter sign: {exc}\n")
         return EXIT_USAGE
     try:
-        if args.file == "-":
-            raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES + 1)
-        else:
-            with open(args.file, "rb") as fh:
-                raw = fh.read(MAX_MESSAGE_BYTES + 1)
+        raw = read_message(args.file)
     except OSError as exc:
         sys.stderr.write(f"authfilter sign: cannot read {args.file}: {exc.strerror or exc}\n")
         return EXIT_USAGE
-    if len(raw) > MAX_MESSAGE_BYTES:
-        sys.stderr.write(f"authfilter sign: {args.file}: larger than {MAX_MESSAGE_BYTES} bytes\n")
+    except ValueError as exc:
+        sys.stderr.write(f"authfilter sign: {exc}\n")
         return EXIT_USAGE
     outcome = signer.sign_message(raw)
     out = outcome.message

@@ -10,31 +10,7 @@ import dkim
 import pytest
 
 from tests.mailtools import dkim_key, header_fields, message, publish_domain, signed
-from tests.proxyrunner import ProxyThread, proxy_config
-from tests.smtpsink import SmtpSink
-
-
-@pytest.fixture(scope="module")
-def sink():
-    s = SmtpSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def start_proxy(zone, sink):
-    sink.reset()
-    started = []
-
-    def start(config=None, **proxy_settings):
-        config = config or proxy_config(sink.address, **proxy_settings)
-        proxy = ProxyThread(config, zone.address).start()
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.stop()
+from tests.proxyrunner import proxy_config
 
 
 def send(proxy, raw, mail_from="alice@example.org", rcpts=("bob@example.net",), **kw):

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from authfilter.reports.recorder import Recorder
 from authfilter.reports.store import open_store
-from tests.integration.test_proxy import send, sink, start_proxy  # noqa: F401  (fixtures)
+from tests.integration.test_proxy import send
 from tests.mailtools import message, publish_domain, signed
 
 

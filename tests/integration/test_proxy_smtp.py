@@ -16,8 +16,7 @@ from cryptography.x509.oid import NameOID
 from authfilter.config import ListenerConfig
 from authfilter.smtp.proxy_protocol import build_v1, build_v2
 from tests.mailtools import message, publish_domain, signed
-from tests.proxyrunner import ProxyThread, proxy_config
-from tests.smtpsink import SmtpSink
+from tests.proxyrunner import proxy_config
 
 
 class Dialog:
@@ -53,28 +52,6 @@ class Dialog:
     def close(self) -> None:
         self.file.close()
         self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def sink():
-    s = SmtpSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def start_proxy(zone, sink):
-    sink.reset()
-    started = []
-
-    def start(config=None, **proxy_settings):
-        proxy = ProxyThread(config or proxy_config(sink.address, **proxy_settings), zone.address).start()
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.stop()
 
 
 def test_ehlo_advertises_the_extensions_postfix_needs(start_proxy):
