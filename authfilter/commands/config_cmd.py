@@ -11,7 +11,8 @@ from .common import load_config_or_exit
 def register(sub) -> None:
     p = sub.add_parser("config", help="check or show the configuration")
     cmds = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    c = cmds.add_parser("check", help="validate a config file; exit 0 when it is valid")
+    c = cmds.add_parser("check", help="validate a config file and the policy, keys and "
+                                      "certificates it names; exit 0 when all is well")
     c.add_argument("file", nargs="?", help="config file (default: embedded defaults)")
     c.set_defaults(func=run_check)
     s = cmds.add_parser("show", help="print the effective config with defaults filled in")
@@ -24,7 +25,8 @@ def register(sub) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    load_config_or_exit(args.file)
+    from ..startup import load_checked
+    load_config_or_exit(args.file, load_checked)
     sys.stdout.write(f"{args.file or '(embedded defaults)'}: ok\n")
     return 0
 

@@ -24,7 +24,6 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, Callable
 
-from .. import config as config_mod
 from ..config import Config, ConfigError
 from ..policy import PolicyError
 from ..metrics import Metrics, worker_listen
@@ -43,11 +42,9 @@ class StartupError(Exception):
 
 
 def load_config(path: str | None) -> Config:
-    """The config with its policy checked, or ConfigError/PolicyError naming the problem."""
-    from ..policy import Policy
-    config = config_mod.load(path)
-    Policy.from_config(config)
-    return config
+    """The config with everything it names checked (:func:`authfilter.startup.load_checked`)."""
+    from ..startup import load_checked
+    return load_checked(path)
 
 
 def loop_runner(config: Config) -> Callable[[Any], int]:

@@ -62,3 +62,22 @@ def test_cli_config_check_and_show(tmp_path):
     r = subprocess.run([sys.executable, "-m", "authfilter", "config", "show"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and tomllib.loads(r.stdout)["dns"]["timeout"] == 2.0
+
+
+def test_config_check_and_serve_refuse_the_same_unsafe_key_and_missing_policy(tmp_path):
+    key = tmp_path / "example.org.s1.key"
+    r = subprocess.run([sys.executable, "-m", "authfilter", "keygen", "--domain", "example.org",
+                        "--selector", "s1", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    key.chmod(0o644)                                       # readable by everyone: refused
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'''[policy]\nname = "no-such-policy"\n\n[[signing.keys]]\nfrom_domains = ["example.org"]
+domain = "example.org"\nselector = "s1"\nkey_file = "{key}"\n''')
+    outputs = []
+    for command in (["config", "check", str(cfg)], ["serve", "--config", str(cfg)]):
+        r = subprocess.run([sys.executable, "-m", "authfilter", *command], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        outputs.append(r.stderr)
+    assert outputs[0] == outputs[1]
+    assert "no-such-policy" in outputs[0] and str(key) in outputs[0]

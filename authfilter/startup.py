@@ -1,0 +1,49 @@
+"""Everything a config names, checked before anything runs.
+
+``authfilter config check`` and ``authfilter serve`` (and its SIGHUP reload) call the same
+:func:`load_checked`, so they refuse the same problems with the same messages: the config's own
+keys, the policy file it names, the signing and sealing keys (unreadable, unusable, or readable
+by group or others) and the TLS certificates.  The report store is not opened here: a store
+that is down must delay report rows, never mail.
+"""
+from __future__ import annotations
+
+import ssl
+
+from . import config as config_mod
+from .config import Config, ConfigError
+
+
+def load_checked(path: str | None) -> Config:
+    """The config, or :class:`ConfigError` listing every problem with what names it."""
+    from .policy import Policy, PolicyError
+    from .signing import ArcSealer, Signer, SigningConfigError
+
+    config = config_mod.load(path)
+    problems: list[str] = []
+    try:
+        Policy.from_config(config)
+    except PolicyError as exc:
+        problems += exc.problems
+    listeners = config.proxy.listeners
+    if config.signing.keys or any(lc.role == "submission" for lc in listeners):
+        try:
+            Signer.from_config(config)
+        except SigningConfigError as exc:
+            problems.append(f"signing: {exc}")
+    if config.signing.arc.domain or any(lc.arc_seal for lc in listeners):
+        try:
+            ArcSealer.from_config(config)
+        except SigningConfigError as exc:
+            problems.append(f"signing.arc: {exc}")
+    for i, lc in enumerate(listeners):
+        if lc.tls_cert:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    lc.tls_cert, lc.tls_key or None)
+            except (OSError, ssl.SSLError) as exc:
+                problems.append(f"proxy.listeners[{i}].tls_cert: cannot load {lc.tls_cert}: "
+                                f"{getattr(exc, 'strerror', None) or exc}")
+    if problems:
+        raise ConfigError(problems)
+    return config
