@@ -330,6 +330,16 @@ class ReportsConfig:
                               maximum=100_000)
     flush_interval: float = setting(2.0, "seconds between writes of buffered rows", minimum=0.05,
                                     maximum=300)
+    failure_enabled: bool = setting(False, "send DMARC failure reports (RFC 9991) to ruf= "
+                                           "addresses, as fo= asks, through the relay above")
+    failure_rate_limit: int = setting(10, "failure reports per policy domain per hour, in each "
+                                          "worker process; more are dropped", minimum=1,
+                                      maximum=10_000)
+    failure_redact: bool = setting(True, "replace local parts of addresses in failure reports "
+                                         "with a keyed hash (the message body is never sent)")
+    failure_max_bytes: int = setting(16_384, "bytes of the original header block a failure "
+                                             "report includes (whole fields)", minimum=1024,
+                                     maximum=1 << 20)
 
 
 # -- signing: DKIM signing and ARC sealing (authfilter/signing/) ---------------------------------

@@ -151,7 +151,7 @@ def _build(tags: dict[str, str], mode: str, problems: list[str]) -> DmarcRecord:
         "aspf": keyword("aspf", ("r", "s"), "r"),
         "rua": _uris(tags, "rua", problems),
         "ruf": _uris(tags, "ruf", problems),
-        "fo": _failure_options(tags, problems),
+        "fo": failure_options(tags, problems),
     }
     if mode == "rfc9989":
         values["psd"] = keyword("psd", ("y", "n", "u"), "u")
@@ -207,7 +207,7 @@ def _uris(tags: dict[str, str], name: str, problems: list[str]) -> tuple[str, ..
     return tuple(valid)
 
 
-def _failure_options(tags: dict[str, str], problems: list[str]) -> tuple[str, ...]:
+def failure_options(tags: dict[str, str], problems: list[str]) -> tuple[str, ...]:
     """fo: colon-separated 0/1/d/s, 0 and 1 exclusive, each at most once (s. 4.8 dmarc-fo)."""
     value = tags.get("fo")
     if value is None:

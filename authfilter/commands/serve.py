@@ -24,10 +24,15 @@ def worker_observers(config) -> list:
     """Per-message hooks each worker process calls after replying to the client:
     ``observer(facts, verdict, action, upstream_reply, elapsed)``.  Built inside every worker
     (after the fork), so each holds its own store connection; the worker awaits their
-    ``start()`` and ``close()``.  Today: the DMARC report recorder."""
+    ``start()`` and ``close()``.  Today: the DMARC report recorder and, when enabled, the
+    failure reporter (RFC 9991)."""
+    from ..reports.failure import FailureReporter
     from ..reports.recorder import Recorder
     recorder = Recorder.from_config(config)
-    return [recorder] if recorder.enabled else []
+    observers: list = [recorder] if recorder.enabled else []
+    if config.reports.failure_enabled:
+        observers.append(FailureReporter(config))
+    return observers
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@
 * :mod:`.aggregate` groups rows into reports and writes the XML;
 * :mod:`.destinations` reads ``rua`` URIs and checks external destinations (RFC 9990
   "Verifying External Destinations");
-* :mod:`.sender` mails reports through a relay, each exactly once across nodes.
-
-Failure reports (RFC 9991) are not implemented: ``ruf=`` is ignored.
+* :mod:`.sender` mails reports through a relay, each exactly once across nodes;
+* :mod:`.failure` sends failure reports (RFC 9991, AFRF) to ``ruf`` addresses when
+  ``reports.failure_enabled`` is on: rate-limited, redacted, best effort.
 """

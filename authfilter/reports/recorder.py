@@ -180,6 +180,7 @@ class Recorder:
             self._warn("error", "report row not recorded: %s", exc)
 
     __call__ = on_message
+    wants_headers = True       # to leave DMARC reports themselves out (is_dmarc_report)
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()
