@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..authres import build_header, header_value, strip_our_headers
-from ..message import normalize_line_ends
+from ..message import Message, normalize_line_ends
 from ..policy import ACCEPT, QUARANTINE, REJECT, TEMPFAIL, Action
 from ..results import ArcResult, DmarcResult, SessionFacts, SpfResult, Verdict
 from . import protocol
@@ -106,9 +106,11 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
     received (0: it goes upstream without a stuffing pass)."""
     started = time.monotonic()
     verdict: Verdict | None = None
+    checked: bytes | None = None         # the inbound message as the engine saw it
     timings: dict[str, float] = {}
     if role == "inbound":
         raw, mailing_list = prepare_inbound(content, rt.authserv_id, rt.policy.quarantine_header)
+        checked = raw
         try:
             verdict = await _verdict(rt, facts, raw, spf_task)
             timings["total"] = time.monotonic() - started
@@ -145,7 +147,8 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
         log.warning("client %s left before the verdict; nothing relayed", facts.client_ip)
     else:
         outcome = await _relay(rt, conn, parts)
-    return _finish(rt, role, facts, verdict, action, outcome, len(content), started, peer, timings)
+    return _finish(rt, role, facts, verdict, action, outcome, len(content), started, peer, timings,
+                   checked)
 
 
 async def _relay(rt: "Runtime", conn: UpstreamConnection, parts: list[bytes]) -> Outcome:
@@ -167,16 +170,24 @@ async def _relay(rt: "Runtime", conn: UpstreamConnection, parts: list[bytes]) ->
 
 def _finish(rt: "Runtime", role: str, facts: SessionFacts, verdict: Verdict | None,
             action: Action, outcome: Outcome, size: int, started: float, peer: str,
-            timings: dict[str, float]) -> Outcome:
+            timings: dict[str, float], checked: bytes | None = None) -> Outcome:
+    """Log, count, call the observers.  An observer with ``wants_headers = True`` also gets
+    the inbound message's header fields (parsed once, only then) as ``headers=``."""
     elapsed = time.monotonic() - started
     record = message_record(role=role, facts=facts, peer=peer, size=size, verdict=verdict,
                             action=action, upstream_reply=outcome.upstream_reply,
                             reply=outcome.reply, elapsed=elapsed)
     message_log.info("%s", rt.format_record(record))
     rt.metrics.message_done(verdict, action.kind, {"end_of_data": elapsed, **timings})
+    fields = None
     for observer in rt.observers:
         try:
-            observer(facts, verdict, action, outcome.upstream_reply, elapsed)
+            if checked is not None and getattr(observer, "wants_headers", False):
+                if fields is None:
+                    fields = Message.parse(checked[:header_block_end(checked)]).headers
+                observer(facts, verdict, action, outcome.upstream_reply, elapsed, headers=fields)
+            else:
+                observer(facts, verdict, action, outcome.upstream_reply, elapsed)
         except Exception:
             log.exception("message observer %r failed", observer)
     return outcome
