@@ -21,7 +21,7 @@ import pytest
 
 from authfilter.reports.store import open_store
 from tests.e2e.stack import Authfilter, Postfix, free_port, postfix_unusable
-from tests.mailtools import header_fields, message, publish_domain, signed
+from tests.mailtools import dkim_key, header_fields, message, publish_domain, signed
 from tests.smtpsink import SmtpSink
 
 pytestmark = pytest.mark.skipif(postfix_unusable() is not None,
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(postfix_unusable() is not None,
 
 CLIENT_IP = "127.0.0.5"          # Postfix connects to authfilter from 127.0.0.1, not from here
 AUTHSERV_ID = "mx.e2e.test"
+SIGNING_KEY = dkim_key()
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,15 @@ def stack(dns_server):
     base = Path(tempfile.mkdtemp(prefix="authfilter-e2e-"))
     base.chmod(0o755)
     sink = SmtpSink().start()
-    ports = {name: free_port() for name in ("front", "proxy", "reinject")}
+    ports = {name: free_port() for name in ("front", "proxy", "reinject", "submission",
+                                            "submission_proxy")}
     postfix = Postfix(base / "postfix", front_port=ports["front"], proxy_port=ports["proxy"],
-                      reinject_port=ports["reinject"], relay_port=sink.port)
+                      reinject_port=ports["reinject"], relay_port=sink.port,
+                      submission_port=ports["submission"],
+                      submission_proxy_port=ports["submission_proxy"])
+    key_file = base / "sign.e2e.example.s1.key"
+    key_file.write_bytes(SIGNING_KEY.private_pem)
+    key_file.chmod(0o600)
     config = base / "authfilter.toml"
     config.write_text(f"""
 [general]
@@ -57,6 +64,16 @@ offload_workers = 1
 
 [[proxy.listeners]]
 address = "127.0.0.1:{ports['proxy']}"
+
+[[proxy.listeners]]
+address = "127.0.0.1:{ports['submission_proxy']}"
+role = "submission"
+
+[[signing.keys]]
+from_domains = ["sign.e2e.example"]
+domain = "sign.e2e.example"
+selector = "s1"
+key_file = "{key_file}"
 
 [reports]
 store = "sqlite:///{base}/reports.sqlite"
@@ -220,3 +237,42 @@ def test_sighup_reloads_the_config_without_a_restart(stack, zone):
         with pytest.raises(smtplib.SMTPDataError):
             c.sendmail("x@spoofer3.e2e.example", ["bob@dest.example"], spoof)
     assert authfilter.process.pid == pid and authfilter.process.poll() is None
+
+
+def submit(stack, raw: bytes, mail_from: str) -> None:
+    postfix = stack[0]
+    with smtplib.SMTP("127.0.0.1", postfix.submission_port, timeout=30) as c:
+        assert c.sendmail(mail_from, ["bob@dest.example"], raw) == {}
+
+
+def test_submission_signs_only_domains_in_the_table_and_inbound_is_never_signed(stack, zone):
+    """Postfix submission -> authfilter (role submission) -> reinjection: the signature
+    verifies with our verifier and with dkimpy; other domains and inbound mail stay unsigned."""
+    import asyncio
+
+    import dkim
+
+    from authfilter.checks.dkim import verify_dkim
+    from authfilter.config import DkimConfig
+    from authfilter.dns import Resolver
+    from authfilter.message import Message
+
+    postfix, authfilter, sink = stack
+    zone.add("s1._domainkey.sign.e2e.example", "TXT", SIGNING_KEY.record)
+    submit(stack, message(from_addr="user@sign.e2e.example", message_id="<sub1@e2e>"),
+           "user@sign.e2e.example")
+    submit(stack, message(from_addr="user@other.e2e.example", message_id="<sub2@e2e>"),
+           "user@other.e2e.example")
+    with client(stack) as c:                       # inbound, same From domain as the table
+        c.sendmail("user@sign.e2e.example", ["bob@dest.example"],
+                   message(from_addr="user@sign.e2e.example", message_id="<sub3@e2e>"))
+    assert wait_for(lambda: all(delivered(sink, m) for m in ("<sub1@e2e>", "<sub2@e2e>", "<sub3@e2e>")))
+    signed_copy = delivered(sink, "<sub1@e2e>")[0].content
+    results = asyncio.run(verify_dkim(Message.parse(signed_copy), Resolver([zone.address]),
+                                      DkimConfig()))
+    assert [(r.result, r.domain, r.selector) for r in results] == [("pass", "sign.e2e.example", "s1")]
+    record = SIGNING_KEY.record.encode()
+    assert dkim.verify(signed_copy, dnsfunc=lambda name, timeout=5:
+                       record if name == b"s1._domainkey.sign.e2e.example." else None)
+    assert b"DKIM-Signature:" not in delivered(sink, "<sub2@e2e>")[0].content
+    assert b"DKIM-Signature:" not in delivered(sink, "<sub3@e2e>")[0].content
