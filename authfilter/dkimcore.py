@@ -26,6 +26,7 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Container, Iterable, Sequence
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -155,15 +156,50 @@ def remove_b_value(value: bytes) -> bytes:
 
 
 # -- canonicalization (RFC 6376 section 3.4) -------------------------------------------------
+# Only C-speed bytes operations touch a whole body.  Searching for a two-byte pattern costs a
+# pass over the body; ``bytes.replace`` with a different-length replacement makes two (it counts
+# the matches first, then searches again while copying), so while matches are few,
+# ``new.join(data.split(old))`` does the same work in one pass (plus a copy).  "Few" is at most
+# one per 64 bytes: past that the Python object per piece costs more than the pass it saves.
+def _split_few(data: bytes, sep: bytes) -> list[bytes] | None:
+    """``data.split(sep)``, or None when ``sep`` occurs more than once per 64 bytes."""
+    limit = max(len(data) >> 6, 16)
+    pieces = data.split(sep, limit)
+    return None if len(pieces) > limit else pieces
+
+
+def _replace(data: bytes, old: bytes, new: bytes) -> bytes:
+    """``data.replace(old, new)``, in one pass when ``old`` is rare."""
+    pieces = _split_few(data, old)
+    if pieces is None:
+        return data.replace(old, new)
+    return data if len(pieces) == 1 else new.join(pieces)
+
+
 def _collapse_wsp(data: bytes) -> bytes:
-    """Every run of SP/HTAB made one SP, with C-speed replaces only: tabs become spaces, then
-    "  " -> " " until none is left (each pass at least halves every run, so a run of n spaces
-    takes log2(n) passes; typical text takes one or two)."""
+    """Every run of SP/HTAB made one SP.
+
+    Tabs become spaces (nothing to do, at memchr speed, when there are none).  One split at
+    "  " then finds every run of two or more spaces: a run of n spaces leaves n // 2 separators
+    and, when n is odd, a space at the start of the next piece; so every piece after the first,
+    stripped of its leading spaces and dropped when that leaves nothing, joined with one SP,
+    is the collapsed text (plus a final SP when the data ends with a run).  With very many runs
+    (indented lines, whitespace art), "  " -> " " replace passes until none is left (each
+    halves every run) are cheaper than a Python object per run.
+    """
     if b"\t" in data:
         data = data.replace(b"\t", b" ")
-    while b"  " in data:
-        data = data.replace(b"  ", b" ")
-    return data
+    pieces = _split_few(data, b"  ")
+    if pieces is None:
+        while b"  " in data:
+            data = data.replace(b"  ", b" ")
+        return data
+    if len(pieces) == 1:
+        return data
+    kept = [pieces[0], *filter(None, map(bytes.lstrip, pieces[1:], repeat(b" ")))]
+    if not pieces[-1].lstrip(b" "):
+        kept.append(b"")                       # the data ends with a run: keep one SP of it
+    return b" ".join(kept)
 
 
 def parse_canonicalization(value: str | None) -> tuple[str, str]:
@@ -192,40 +228,51 @@ def canonicalize_header(name: bytes, value: bytes, algorithm: str) -> bytes:
 
 def canonicalize_body(body: bytes, algorithm: str) -> bytes:
     """The canonical body (section 3.4.3 simple, 3.4.4 relaxed, erratum 1384 for an empty
-    relaxed body).  ``body`` must have CRLF line ends, as :class:`Message` gives it.
+    relaxed body).  ``body`` must have CRLF line ends, as :class:`Message` gives it."""
+    data, end, suffix = _canonical_body(body, algorithm)
+    return (data if end == len(data) else data[:end]) + suffix
+
+
+def _canonical_body(body: bytes, algorithm: str) -> tuple[bytes, int, bytes]:
+    """The canonical body as ``data[:end] + suffix``, so that hashing it needs no copy.
 
     relaxed collapses WSP runs first, so that WSP at the end of a line is then exactly one SP
-    before the CRLF; all of it with bytes.replace passes (no regex, no Python loop per line),
-    none at all for a body with no tab, no double space and no space before a CRLF.
+    before the CRLF; all of it with bulk bytes operations (no regex, no Python loop per line):
+    two searches over text with no tab, one for WSP runs and one for a SP before a CRLF.
     """
     if algorithm == RELAXED:
-        body = _collapse_wsp(body)
-        if b" \r\n" in body:
-            body = body.replace(b" \r\n", b"\r\n")
+        body = _replace(_collapse_wsp(body), b" \r\n", b"\r\n")
     end = _end_without_trailing_empty_lines(body)
     if end is None:                        # last line has no CRLF: add one
-        return body + b"\r\n"
+        return body, len(body), b"\r\n"
     if end == 0:                           # no body, or nothing but empty lines
-        return b"\r\n" if algorithm == SIMPLE else b""
-    return body[:end]
+        return b"", 0, (b"\r\n" if algorithm == SIMPLE else b"")
+    return body, end, b""
 
 
 def _end_without_trailing_empty_lines(body: bytes) -> int | None:
     """Length of ``body`` up to and including the CRLF of its last non-empty line; 0 when
     every line is empty; None when the body does not end in CRLF (and is not empty).
 
-    Trailing empty lines are a run of CRLF pairs.  ``rstrip`` finds the run's start in bulk;
-    a CR that belongs to the last line's content ("x\\r\\r\\n") is told apart by the last
-    "\\r\\r" in the stripped tail (a CRLF body has no bare LF, so the tail is CR* (CR LF)*).
+    Trailing empty lines are a run of CRLF pairs.  ``rstrip`` of a growing tail finds the
+    run's start without copying the body; a CR that belongs to the last line's content
+    ("x\\r\\r\\n") is told apart by the last "\\r\\r" in the stripped tail (a CRLF body has
+    no bare LF, so the tail is CR* (CR LF)*).
     """
     if not body:
         return 0
     if not body.endswith(b"\r\n"):
         return None
-    content_end = len(body.rstrip(b"\r\n"))
-    tail = body[content_end:]
-    cr_cr = tail.rfind(b"\r\r")
-    pairs_start = content_end + (cr_cr + 1 if cr_cr >= 0 else 0)
+    window = 256
+    while True:
+        tail = body[-window:]
+        kept = len(tail.rstrip(b"\r\n"))
+        if kept or len(tail) == len(body):
+            break
+        window *= 16
+    content_end = len(body) - len(tail) + kept
+    cr_cr = tail.rfind(b"\r\r", kept)
+    pairs_start = content_end + (cr_cr - kept + 1 if cr_cr >= 0 else 0)
     if pairs_start == 0:
         return 0
     return pairs_start + 2                 # keep the CRLF that ends the last non-empty line
@@ -293,26 +340,32 @@ class BodyHashes:
 
     def __init__(self, body: bytes) -> None:
         self.body = body
-        self._canonical: dict[str, bytes] = {}
+        self._canonical: dict[str, tuple[bytes, int, bytes]] = {}
         self._hashes: dict[tuple[str, int | None, str], bytes] = {}
 
-    def canonical(self, algorithm: str) -> bytes:
-        canon = self._canonical.get(algorithm)
-        if canon is None:
-            canon = self._canonical[algorithm] = canonicalize_body(self.body, algorithm)
-        return canon
+    def _parts(self, algorithm: str) -> tuple[bytes, int, bytes]:
+        parts = self._canonical.get(algorithm)
+        if parts is None:
+            parts = self._canonical[algorithm] = _canonical_body(self.body, algorithm)
+        return parts
 
     def length(self, algorithm: str) -> int:
-        return len(self.canonical(algorithm))
+        _, end, suffix = self._parts(algorithm)
+        return end + len(suffix)
 
     def hash(self, algorithm: str, hash_name: str, length: int | None = None) -> bytes:
         """Hash of the canonical body, or of its first ``length`` octets (l=)."""
         key = (algorithm, length, hash_name)
         value = self._hashes.get(key)
         if value is None:
-            canon = self.canonical(algorithm)
-            data = canon if length is None or length >= len(canon) else memoryview(canon)[:length]
-            value = self._hashes[key] = _HASH_CONSTRUCTORS[hash_name](data).digest()
+            data, end, suffix = self._parts(algorithm)
+            if length is not None and length < end + len(suffix):
+                end, suffix = min(end, length), suffix[:max(0, length - end)]
+            hasher = _HASH_CONSTRUCTORS[hash_name]()
+            with memoryview(data) as view:
+                hasher.update(view[:end])
+            hasher.update(suffix)
+            value = self._hashes[key] = hasher.digest()
         return value
 
 

@@ -16,15 +16,15 @@ import re
 from dataclasses import dataclass, field
 
 MAX_HEADER_FIELDS = 10_000          # past this the rest of the header block is ignored (errors says so)
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")    # starts with the literal LF: re scans for it at C speed
 _FIELD_LINE = re.compile(rb"^([!-9;-~]+[ \t]*):", re.ASCII)   # RFC 5322 ftext, obs WSP before ':' kept
 
 
 def normalize_line_ends(raw: bytes) -> bytes:
-    """Bare LF -> CRLF; a no-op (one C-speed count) for proper CRLF input."""
-    if raw.count(b"\n") != raw.count(b"\r\n"):
-        return _BARE_LF.sub(b"\r\n", raw)
-    return raw
+    """Bare LF -> CRLF; for proper CRLF input one C-speed search, and the same object back."""
+    if _BARE_LF.search(raw) is None:
+        return raw
+    return _BARE_LF.sub(b"\r\n", raw)
 
 
 @dataclass(slots=True)
@@ -36,8 +36,11 @@ class Message:
     errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, raw: bytes) -> "Message":
-        raw = normalize_line_ends(raw)
+    def parse(cls, raw: bytes, *, crlf_only: bool = False) -> "Message":
+        """``crlf_only``: the caller knows that ``raw`` has no bare LF (the SMTP receiver notes
+        them while it looks for the end of data), so the search for one is skipped."""
+        if not crlf_only:
+            raw = normalize_line_ends(raw)
         errors: list[str] = []
         if raw.startswith(b"\r\n"):
             head, body, header_length = b"", raw[2:], 2

@@ -82,28 +82,45 @@ def empty_results_header(authserv_id: str) -> bytes:
     return f"Authentication-Results: {authserv_id}; none\r\n".encode("utf-8")
 
 
+def upstream_form(raw: bytes, content: bytes, wire: bytes, bare_lf: bool) -> list[bytes | memoryview]:
+    """The message ``raw`` (``content`` with forged header fields removed) dot-stuffed for the
+    upstream (RFC 5321 s. 4.5.2), in pieces for one write.
+
+    Without a bare LF the received bytes are reused: a block with no line starting with "."
+    needs no stuffing at all, and otherwise only the header block is stuffed again, the body
+    goes as it came (stuffing changes no empty line, so the header block of ``wire`` ends at
+    the same place).  With a bare LF :func:`stuff` doubles every dot after one too.
+    """
+    if bare_lf:
+        return [stuff(raw)]
+    if len(wire) == len(content):                # no dot was removed: no line starts with "."
+        return [raw]
+    head_end = header_block_end(raw)
+    return [stuff(raw[:head_end]), memoryview(wire)[header_block_end(wire):]]
+
+
 async def _verdict(rt: "Runtime", facts: SessionFacts, raw: bytes,
-                   spf_task: asyncio.Future | None) -> Verdict | None:
+                   spf_task: asyncio.Future | None, crlf_only: bool) -> Verdict | None:
     if facts.trusted:
         if rt.config.policy.trusted_checks == "none":
             return None
         domain = facts.mail_from.rpartition("@")[2] if facts.mail_from else None
         skipped: asyncio.Future = asyncio.get_running_loop().create_future()
         skipped.set_result((SpfResult("none", "mailfrom", domain, reason=NOT_CHECKED), None))
-        verdict = await rt.engine.evaluate(facts, raw, spf=skipped)
+        verdict = await rt.engine.evaluate(facts, raw, spf=skipped, crlf_only=crlf_only)
         return dataclasses.replace(verdict, arc=ArcResult("none", reason=NOT_CHECKED),
                                    dmarc=DmarcResult("none", verdict.dmarc.from_domain,
                                                      reason=NOT_CHECKED))
     async with asyncio.timeout(rt.config.general.message_deadline + DEADLINE_SLACK):
-        return await rt.engine.evaluate(facts, raw, spf=spf_task)
+        return await rt.engine.evaluate(facts, raw, spf=spf_task, crlf_only=crlf_only)
 
 
 async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content: bytes,
-                         dot_lines: int, spf_task: asyncio.Future | None,
+                         wire: bytes, bare_lf: bool, spf_task: asyncio.Future | None,
                          conn: UpstreamConnection, client_alive: Callable[[], bool],
                          peer: str, sealer: "ArcSealer | None" = None) -> Outcome:
-    """``content`` is the unstuffed DATA block; ``dot_lines`` counts its LF "." sequences as
-    received (0: it goes upstream without a stuffing pass)."""
+    """``content`` is the unstuffed DATA block, ``wire`` the same as received (dot-stuffed),
+    ``bare_lf`` whether it has an LF without CR (see :class:`~.receiver.ReceiveBuffer`)."""
     started = time.monotonic()
     verdict: Verdict | None = None
     checked: bytes | None = None         # the inbound message as the engine saw it
@@ -112,7 +129,7 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
         raw, mailing_list = prepare_inbound(content, rt.authserv_id, rt.policy.quarantine_header)
         checked = raw
         try:
-            verdict = await _verdict(rt, facts, raw, spf_task)
+            verdict = await _verdict(rt, facts, raw, spf_task, crlf_only=not bare_lf)
             timings["total"] = time.monotonic() - started
             action = rt.policy.decide(facts, verdict, mailing_list=mailing_list) if verdict \
                 else Action(ACCEPT, "trusted network")
@@ -130,10 +147,10 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
                               verdict.arc)
             parts = [header, stuff(raw)]
         else:
-            parts = [header, action.add_headers, stuff(raw) if dot_lines else raw]
+            parts = [header, action.add_headers, *upstream_form(raw, content, wire, bare_lf)]
     else:
         try:
-            raw = rt.sign(normalize_line_ends(content), facts)
+            raw = rt.sign(normalize_line_ends(content) if bare_lf else content, facts)
             action = Action(ACCEPT, "submission")
         except Exception:
             log.exception("signing a message from %s failed", facts.client_ip)

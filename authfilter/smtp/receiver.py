@@ -5,16 +5,22 @@ LF (a CR before it is dropped; RFC 5321 s. 2.3.8 asks for CRLF, bare LF is toler
 commands as Postfix does).  A DATA block ends at CRLF "." CRLF (RFC 5321 s. 4.1.1.4); only that
 exact sequence ends it, so a bare-LF "." line cannot end it (SMTP smuggling, CVE-2023-51764).
 
-One incremental ``bytearray.find`` of LF "." over new bytes finds the end marker and every
-line that starts with a dot, in bulk: no Python work per line, whatever the message size.
-Dot-unstuffing (s. 4.5.2) is then one ``bytes.replace`` and only when a dot line was seen;
-a message without any needs no pass at all, here or when it is sent on.  Over-long command
-lines and over-size messages are consumed and discarded so memory stays bounded, then
-reported once.
+One incremental regex search over the new bytes of each read finds, at C speed, the few places
+that matter: every LF "." (the end marker, a dot-stuffed line, or a "." after a bare LF) and
+every bare LF.  So there is no Python work per line, whatever the message size, and three facts
+come for free: where the end is, which dots to remove (RFC 5321 s. 4.5.2 unstuffing is then a
+join of the pieces between them, no search at all) and whether the block has a bare LF (when it
+has none, which is nearly always, nobody needs to look for one again, and the block can go
+upstream dot-stuffed as it came).  Over-long command lines and over-size messages are consumed
+and discarded so memory stays bounded, then reported once.
 """
 from __future__ import annotations
 
+import re
+
 END_OF_DATA = b"\r\n.\r\n"
+_LF_DOT_OR_BARE_LF = re.compile(rb"\n(?:\.|(?<!\r\n))")
+_LF_DOT = re.compile(rb"\n\.")            # once a bare LF was seen, only the dots matter
 
 
 class LineTooLong(Exception):
@@ -36,8 +42,13 @@ class ReceiveBuffer:
         self._skipping = False       # inside an over-long line or over-size DATA block
         self._skipped = 0            # bytes thrown away by the current skip
         self._data_start = False     # no byte of the current DATA block examined yet
-        self._dots = 0               # dot-stuffed lines seen in the current DATA block
-        self.dot_lines = 0           # the same, for the last complete block
+        self._dots: list[int] = []   # offsets of the stuffing dots of the current DATA block
+        self._bare_lf = False        # the current DATA block has a bare LF
+        self._end: tuple[int, int] | None = None   # its (size, bytes to consume), once found
+        # The last complete DATA block (see take_data):
+        self.wire = b""              # as received: dot-stuffed, without the end marker
+        self.dot_lines = 0           # dots removed from it (0: the content is ``wire`` itself)
+        self.bare_lf = False         # it has an LF without a CR before it
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -86,52 +97,90 @@ class ReceiveBuffer:
         """Called when 354 has been sent: the next bytes are message data."""
         self._scanned = 0
         self._data_start = True
+        self._dots = []
+        self._bare_lf = False
+        self._end = None
+        self.wire, self.dot_lines, self.bare_lf = b"", 0, False
+
+    def data_complete(self, max_size: int) -> bool:
+        """Look for the end of the DATA block in the bytes fed so far (from where the last look
+        stopped); True once :meth:`take_data` has the block (or will raise DataTooBig).
+
+        Cheap enough to call for every read: the proxy calls it as bytes arrive and wakes the
+        session only when the block is complete.  Each hit of LF "." is the end marker
+        (CRLF "." CRLF), a dot-stuffed CRLF line, or a "." after a bare LF, which is not a line
+        start for us (it stays, and the block counts as having a bare LF) but would be for a
+        lenient MTA.  An over-size block is discarded as it arrives, up to its end.
+        """
+        if self._end is not None:
+            return True
+        buf = self._buf
+        if self._data_start:                     # as if the block began right after a CRLF
+            if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
+                return False
+            self._data_start = False
+            if buf[:3] == b".\r\n":
+                self._end = (0, 3)
+                return True
+            if buf[:1] == b".":
+                self._dots.append(0)
+        if self._skipping:
+            return self._skip_data()
+        pos = self._scanned
+        while True:
+            found = (_LF_DOT if self._bare_lf else _LF_DOT_OR_BARE_LF).search(buf, pos)
+            if found is None:
+                # An LF at the very end may start a "." line: look at it again next time.
+                return self._more_needed(max(len(buf) - 1, 0), max_size)
+            hit = found.start()
+            if found.end() == hit + 1 or not hit or buf[hit - 1] != 0x0D:
+                self._bare_lf = True             # a bare LF, or a "." after one
+                pos = found.end()
+                continue
+            if len(buf) < hit + 4:               # CRLF "." but too close to the end to tell
+                return self._more_needed(hit, max_size)
+            if buf[hit + 2:hit + 4] == b"\r\n":
+                self._end = (hit + 1, hit + 4)
+                return True
+            self._dots.append(hit + 1)
+            pos = hit + 2
 
     def take_data(self, max_size: int) -> bytes | None:
         """The whole DATA block, dot-unstuffed, ending in CRLF (the CRLF before "."), or None
         while the end marker has not arrived.  The empty message is ``b""``.  Afterwards
-        ``dot_lines`` counts the LF "." sequences in the block as received (0: nothing was
-        unstuffed and nothing needs stuffing when the block is sent on).
-
-        Each hit of LF "." is the end marker (CRLF "." CRLF), a dot-stuffed CRLF line, or a
-        "." after a bare LF, which is not a line start for us but would be for a lenient MTA.
+        ``wire`` is the block as received, ``dot_lines`` the number of dots removed and
+        ``bare_lf`` whether it has a bare LF.
         Raises :class:`DataTooBig` once an over-size block has been read to its end.
         """
+        if not self.data_complete(max_size):
+            return None
         buf = self._buf
-        if self._data_start:                     # as if the block began right after a CRLF
-            if len(buf) < 3 and b".\r\n".startswith(bytes(buf)):
-                return None
-            self._data_start = False
-            if buf[:3] == b".\r\n":
-                del buf[:3]
-                self.dot_lines = 0
-                return b""
-            self._dots = 1 if buf[:1] == b"." else 0
-        if self._skipping:
-            return self._skip_data()
-        pos = max(self._scanned - 1, 0)
-        while True:
-            hit = buf.find(b"\n.", pos)
-            if hit < 0 or len(buf) < hit + 4:   # not found, or too close to the end to tell
-                self._scanned = len(buf) if hit < 0 else hit
-                if len(buf) > max_size + 2:
-                    self._skipping = True
-                    return self._skip_data()
-                return None
-            if buf[hit + 2:hit + 4] == b"\r\n" and hit and buf[hit - 1] == 0x0D:
-                break
-            self._dots += 1
-            pos = hit + 2
-        self._scanned = 0
-        if hit + 1 > max_size:
-            del buf[:hit + 4]
-            raise DataTooBig(hit + 1)
-        content = bytes(buf[:hit + 1])
-        del buf[:hit + 4]
-        self.dot_lines = self._dots
-        return unstuff(content) if self._dots else content
+        size, consumed = self._end
+        self._end, self._scanned = None, 0
+        if self._skipping or size > max_size:
+            self._skipping, self._skipped = False, 0
+            del buf[:consumed]
+            raise DataTooBig(size)
+        with memoryview(buf) as view:
+            wire = bytes(view[:size])
+        del buf[:consumed]
+        self.wire, self.dot_lines, self.bare_lf = wire, len(self._dots), self._bare_lf
+        return unstuff_at(wire, self._dots) if self._dots else wire
 
-    def _skip_data(self) -> None:
+    def release_block(self) -> tuple[bytes, bool]:
+        """``wire`` and ``bare_lf`` of the last block; the buffer forgets the block (an idle
+        session must not keep a big message alive)."""
+        wire, self.wire = self.wire, b""
+        return wire, self.bare_lf
+
+    def _more_needed(self, scanned: int, max_size: int) -> bool:
+        self._scanned = scanned
+        if len(self._buf) > max_size + 2:
+            self._skipping = True
+            return self._skip_data()
+        return False
+
+    def _skip_data(self) -> bool:
         """Over the limit: keep only what could be a split end marker until it comes."""
         buf = self._buf
         end = buf.find(END_OF_DATA, max(self._scanned - 4, 0))
@@ -140,11 +189,18 @@ class ReceiveBuffer:
             self._skipped += len(buf) - keep
             del buf[:len(buf) - keep]
             self._scanned = len(buf)
-            return None
-        size = self._skipped + end + 2
-        self._skipping, self._skipped, self._scanned = False, 0, 0
-        del buf[:end + 5]
-        raise DataTooBig(size)
+            return False
+        self._end = (self._skipped + end + 2, end + 5)
+        return True
+
+
+def unstuff_at(wire: bytes, dots: list[int]) -> bytes:
+    """``wire`` without the bytes at the offsets ``dots`` (ascending): the stuffing dots the
+    receiver found (RFC 5321 s. 4.5.2).  One join of the pieces, no search."""
+    with memoryview(wire) as view:
+        pieces = [view[start:dot] for start, dot in zip([0] + [d + 1 for d in dots], dots)]
+        pieces.append(view[dots[-1] + 1:])
+        return b"".join(pieces)
 
 
 def unstuff(content: bytes) -> bytes:
@@ -163,10 +219,12 @@ def stuff(content: bytes) -> bytes:
     after a bare LF is doubled too: an MTA that takes bare LF as a line end (Postfix without
     smtpd_forbid_bare_newline) then sees a stuffed line instead of an end of data, so nothing
     can be smuggled past it; one that does not only sees one more dot in a broken line.
-    ``content`` must end in CRLF (or be empty).
+    ``content`` must end in CRLF (or be empty).  One search pass (``bytes.replace`` would make
+    two: it counts first).
     """
-    if b"\n." in content:
-        content = content.replace(b"\n.", b"\n..")
+    lines = content.split(b"\n.")
+    if len(lines) > 1:
+        content = b"\n..".join(lines)
     if content.startswith(b"."):
         content = b"." + content
     return content

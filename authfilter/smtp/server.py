@@ -92,9 +92,9 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, resolver: Resolver, *, executor: Executor | None,
               observers: list[Observer], workers: int, watchdog: Watchdog,
-              metrics: Metrics) -> "Runtime":
+              metrics: Metrics, loop_shared: Callable[[], bool]) -> "Runtime":
         """Raises ConfigError-like exceptions (PolicyError, OSError, SigningConfigError) when
-        the config cannot be put into force."""
+        the config cannot be put into force.  ``loop_shared``: see :class:`Engine`."""
         proxy = config.proxy
         authserv_id = config.general.effective_authserv_id()
         hostname = proxy.hostname or authserv_id
@@ -109,7 +109,7 @@ class Runtime:
         return cls(
             config=config,
             policy=Policy.from_config(config),
-            engine=Engine(config, resolver, executor),
+            engine=Engine(config, resolver, executor, loop_shared),
             observers=observers,
             hostname=hostname,
             authserv_id=authserv_id,
@@ -188,7 +188,8 @@ class ProxyServer:
         self.watchdog = Watchdog(_tick(config))
         self.runtime = Runtime.build(config, self.resolver, executor=executor,
                                      observers=self.observers, workers=workers,
-                                     watchdog=self.watchdog, metrics=self.metrics)
+                                     watchdog=self.watchdog, metrics=self.metrics,
+                                     loop_shared=self.loop_shared)
         self.sessions: set[SmtpSession] = set()
         self.draining = False
         self._servers: list[asyncio.base_events.Server] = []
@@ -212,6 +213,11 @@ class ProxyServer:
         return [s.sockets[0].getsockname()[:2] for s in self._servers]
 
     # -- sessions ----------------------------------------------------------------------------
+    def loop_shared(self) -> bool:
+        """More than one session in this process: one big message's checks would stall the
+        others if they ran on the event loop."""
+        return len(self.sessions) > 1
+
     def refusal(self) -> bytes | None:
         """The 421 a new session gets when we are full or shutting down, else None."""
         if self.draining:
@@ -241,7 +247,8 @@ class ProxyServer:
         resolver = self.resolver if config.dns == old.config.dns else resolver_from_config(config)
         self.runtime = Runtime.build(config, resolver, executor=self.executor,
                                      observers=self.observers, workers=self.workers,
-                                     watchdog=self.watchdog, metrics=self.metrics)
+                                     watchdog=self.watchdog, metrics=self.metrics,
+                                     loop_shared=self.loop_shared)
         self.watchdog.tick = _tick(config)
         if resolver is not self.resolver:
             self.metrics.watch_resolver(resolver)

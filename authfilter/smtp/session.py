@@ -105,6 +105,13 @@ class SmtpSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer.feed(data)
+        if self._in_data:
+            # The DATA block is searched here as it arrives; the session runs once it is whole.
+            proxy = self.rt.config.proxy
+            if not self.buffer.data_complete(proxy.max_message_size):
+                if self.deadline is not None:    # data_timeout counts from the last bytes
+                    self.deadline = time.monotonic() + proxy.data_timeout
+                return
         self._wake()
         if not self._in_data and len(self.buffer) > HIGH_WATER and not self._paused:
             self.transport.pause_reading()
@@ -391,9 +398,10 @@ class SmtpSession(asyncio.Protocol):
             self.write(p.SIZE_EXCEEDED)
             await self._end_transaction(RESET)
             return
+        wire, bare_lf = self.buffer.release_block()
         facts = self.facts(tx.mail_from, tx.recipients)
-        outcome = await handle_message(self.rt, self.listener.role, facts, content,
-                                       self.buffer.dot_lines, tx.spf_task, tx.upstream,
+        outcome = await handle_message(self.rt, self.listener.role, facts, content, wire,
+                                       bare_lf, tx.spf_task, tx.upstream,
                                        lambda: self.alive, self.peer[0],
                                        self.rt.sealer(self.listener_index))
         tx.spf_task = None

@@ -9,7 +9,8 @@ or SIGINT into a drain of every worker.
 Inside a worker: SIGTERM/SIGINT drain (no new connections, transactions in progress finish
 within ``proxy.drain_timeout``, idle sessions get 421), SIGHUP reloads config and policy for
 new sessions without dropping any.  Messages of 256 KB and more are verified in a small
-process pool (``proxy.offload_workers``) so a 2 MB message does not stall other sessions.
+process pool (``proxy.offload_workers``) while other sessions share the worker, so a 2 MB
+message does not stall them (see :data:`authfilter.engine.OFFLOAD_BYTES`).
 """
 from __future__ import annotations
 

@@ -11,6 +11,15 @@ def test_fields_keep_exact_bytes_and_folding():
 def test_bare_lf_becomes_crlf():
     m = Message.parse(b"From: a\nTo: b\n\nline\n")
     assert m.raw == b"From: a\r\nTo: b\r\n\r\nline\r\n" and m.body == b"line\r\n"
+    for proper in (b"From: a\r\n\r\nx\r\r\n\r\n", b"", b"\r\n"):
+        assert Message.parse(proper).raw is proper               # nothing to do: no copy
+
+
+def test_crlf_only_trusts_the_caller():
+    """The SMTP receiver already knows a block has no bare LF: no search for one."""
+    raw = b"From: a\r\n\r\nline\r\n"
+    assert Message.parse(raw, crlf_only=True) == Message.parse(raw)
+    assert Message.parse(raw, crlf_only=True).raw is raw
 
 
 def test_no_body_and_no_headers():

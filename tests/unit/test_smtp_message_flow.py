@@ -2,7 +2,10 @@
 the body passed on untouched."""
 from __future__ import annotations
 
-from authfilter.smtp.message_flow import header_block_end, prepare_inbound, remove_fields
+import random
+
+from authfilter.smtp.message_flow import header_block_end, prepare_inbound, remove_fields, upstream_form
+from authfilter.smtp.receiver import ReceiveBuffer, stuff, unstuff
 
 BODY = b"body line\r\n.dot\r\n"
 
@@ -36,3 +39,44 @@ def test_list_headers_only_count_in_the_header():
     raw, mailing_list = prepare_inbound(b"From: a@example.org\r\n\r\nList-Post: <mailto:x>\r\n",
                                         "mx.test", "X-Authfilter-Quarantine")
     assert not mailing_list
+
+
+def received(wire: bytes) -> tuple[bytes, bytes, bool]:
+    buf = ReceiveBuffer()
+    buf.begin_data()
+    buf.feed(wire + b".\r\n")
+    content = buf.take_data(1 << 20)
+    return (content, *buf.release_block())
+
+
+def test_upstream_form_reuses_the_received_body_and_means_the_same_message():
+    """Whatever the header work removed, the pieces sent upstream unstuff to exactly the
+    checked message, never contain an end of data, and are what stuffing it would give when
+    the client stuffed correctly; without dot lines nothing is copied at all."""
+    rng = random.Random(2920)
+    heads = [b"From: a@example.org\r\n", b"Authentication-Results: mx.test; dkim=pass\r\n",
+             b".Odd: field\r\n", b"Subject: x\r\n\tfolded\r\n"]
+    lines = [b"text\r\n", b".dot\r\n", b"..two\r\n", b".\r\n", b"\r\n", b" x\r\n"]
+    for _ in range(500):
+        content = (b"".join(rng.choice(heads) for _ in range(rng.randrange(0, 4))) + b"\r\n"
+                   + b"".join(rng.choice(lines) for _ in range(rng.randrange(0, 12))))
+        correct = stuff(content)
+        sloppy = correct.replace(b"\r\n..dot", b"\r\n.dot")      # a dot the client left off
+        for wire_sent in (correct, sloppy):
+            got, wire, bare_lf = received(wire_sent)
+            assert wire == wire_sent and not bare_lf
+            raw, _ = prepare_inbound(got, "mx.test", "X-Authfilter-Quarantine")
+            parts = upstream_form(raw, got, wire, bare_lf)
+            sent = b"".join(parts)
+            assert unstuff(sent) == raw and b"\r\n.\r\n" not in b"\r\n" + sent[:-2]
+            if wire_sent is correct:
+                assert got == content and sent == stuff(raw)
+            if wire == got:
+                assert parts == [raw]
+
+
+def test_upstream_form_with_a_bare_lf_stuffs_every_dot_after_an_lf():
+    content, wire, bare_lf = received(b"Subject: x\r\n\r\na\n.\r\nb\r\n..c\r\n")
+    assert bare_lf and content == b"Subject: x\r\n\r\na\n.\r\nb\r\n.c\r\n"
+    assert upstream_form(content, content, wire, bare_lf) == \
+        [b"Subject: x\r\n\r\na\n..\r\nb\r\n..c\r\n"]

@@ -121,3 +121,48 @@ def test_stuff_then_unstuff_is_identity(content):
     assert unstuff(stuff(content)) == content
     if content:
         assert b"\r\n.\r\n" not in b"\r\n" + stuff(content)[:-2]
+
+
+def test_any_block_in_any_chunks_comes_back_unstuffed_with_what_was_seen():
+    """For any block (dot lines, bare LFs, dots after bare LFs, stray CRs) cut anywhere: the
+    content is the RFC 5321 s. 4.5.2 unstuffing of what was received, ``wire`` is that exactly,
+    and ``bare_lf`` says whether it has an LF without a CR before it."""
+    import random
+    import re
+    rng = random.Random(5321)
+    pieces = [b"a", b"x y", b".", b"..", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\n."]
+    for _ in range(2000):
+        block = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30))) + b"\r\n"
+        if b"\r\n.\r\n" in block or block.startswith(b".\r\n"):
+            continue
+        received = block + b".\r\nQUIT\r\n"
+        cuts = sorted(rng.sample(range(1, len(received)), min(3, len(received) - 1)))
+        buf = ReceiveBuffer()
+        buf.begin_data()
+        content = None
+        for start, end in zip([0] + cuts, cuts + [len(received)]):
+            buf.feed(received[start:end])
+            if content is None and buf.data_complete(1 << 20):
+                content = buf.take_data(1 << 20)
+        assert content == unstuff(block), block
+        assert buf.wire == block and buf.dot_lines == len(block) - len(content)
+        assert buf.bare_lf == bool(re.search(rb"(?<!\r)\n", block)), block
+        assert buf.take_line(512) == b"QUIT"
+
+
+def test_data_complete_is_false_until_the_end_marker_and_then_stays_true():
+    buf = ReceiveBuffer()
+    buf.begin_data()
+    buf.feed(b"Subject: x\r\n\r\nline\r\n.")
+    assert not buf.data_complete(1000) and not buf.data_complete(1000)
+    buf.feed(b"\r\n")
+    assert buf.data_complete(1000) and buf.data_complete(1000)
+    assert buf.take_data(1000) == b"Subject: x\r\n\r\nline\r\n"
+
+
+def test_released_block_is_forgotten():
+    buf = feed(b"..a\r\n.\r\n")
+    buf.begin_data()
+    assert buf.take_data(1000) == b".a\r\n"
+    assert buf.release_block() == (b"..a\r\n", False)
+    assert buf.wire == b""
