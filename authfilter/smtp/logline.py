@@ -20,9 +20,10 @@ _BARE = re.compile(r"^[A-Za-z0-9_.:@+\-/,=<>\[\]]*$")
 
 def message_record(*, role: str, facts: SessionFacts, peer: str, size: int,
                    verdict: Verdict | None, action: Action, upstream_reply: Reply | None,
-                   reply: bytes | None, elapsed: float) -> dict[str, Any]:
+                   reply: bytes | None, elapsed: float, session: str = "") -> dict[str, Any]:
     rcpts = list(facts.recipients)
     record: dict[str, Any] = {
+        "session": session,
         "role": role,
         "client": str(facts.client_ip),
         "peer": peer,

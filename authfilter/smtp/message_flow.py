@@ -118,7 +118,8 @@ async def _verdict(rt: "Runtime", facts: SessionFacts, raw: bytes,
 async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content: bytes,
                          wire: bytes, bare_lf: bool, spf_task: asyncio.Future | None,
                          conn: UpstreamConnection, client_alive: Callable[[], bool],
-                         peer: str, sealer: "ArcSealer | None" = None) -> Outcome:
+                         peer: str, sealer: "ArcSealer | None" = None, *,
+                         session_id: str = "") -> Outcome:
     """``content`` is the unstuffed DATA block, ``wire`` the same as received (dot-stuffed),
     ``bare_lf`` whether it has an LF without CR (see :class:`~.receiver.ReceiveBuffer`)."""
     started = time.monotonic()
@@ -165,7 +166,7 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
     else:
         outcome = await _relay(rt, conn, parts)
     return _finish(rt, role, facts, verdict, action, outcome, len(content), started, peer, timings,
-                   checked)
+                   checked, session_id)
 
 
 async def _relay(rt: "Runtime", conn: UpstreamConnection, parts: list[bytes]) -> Outcome:
@@ -187,11 +188,13 @@ async def _relay(rt: "Runtime", conn: UpstreamConnection, parts: list[bytes]) ->
 
 def _finish(rt: "Runtime", role: str, facts: SessionFacts, verdict: Verdict | None,
             action: Action, outcome: Outcome, size: int, started: float, peer: str,
-            timings: dict[str, float], checked: bytes | None = None) -> Outcome:
+            timings: dict[str, float], checked: bytes | None = None,
+            session_id: str = "") -> Outcome:
     """Log, count, call the observers.  An observer with ``wants_headers = True`` also gets
     the inbound message's header fields (parsed once, only then) as ``headers=``."""
     elapsed = time.monotonic() - started
-    record = message_record(role=role, facts=facts, peer=peer, size=size, verdict=verdict,
+    record = message_record(session=session_id, role=role, facts=facts, peer=peer, size=size,
+                            verdict=verdict,
                             action=action, upstream_reply=outcome.upstream_reply,
                             reply=outcome.reply, elapsed=elapsed)
     message_log.info("%s", rt.format_record(record))

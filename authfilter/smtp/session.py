@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -57,8 +59,13 @@ class Transaction:
         self.broken = False            # the upstream failed mid-transaction: 451 until RSET
 
 
+_session_numbers = itertools.count(1)
+
+
 class SmtpSession(asyncio.Protocol):
     def __init__(self, server: "ProxyServer", listener_index: int) -> None:
+        # unique on this host while the worker lives: worker pid and a counter, in hex
+        self.id = f"{os.getpid():x}.{next(_session_numbers):x}"
         self.server = server
         self.listener_index = listener_index
         self.rt = server.runtime                  # config generation this session started with
@@ -403,7 +410,7 @@ class SmtpSession(asyncio.Protocol):
         outcome = await handle_message(self.rt, self.listener.role, facts, content, wire,
                                        bare_lf, tx.spf_task, tx.upstream,
                                        lambda: self.alive, self.peer[0],
-                                       self.rt.sealer(self.listener_index))
+                                       self.rt.sealer(self.listener_index), session_id=self.id)
         tx.spf_task = None
         if outcome.reply is not None:
             self.write(outcome.reply)

@@ -98,3 +98,40 @@ def test_inbound_listener_seals_relayed_mail_with_arc(zone, sink, start_proxy, t
     records = {b"arc._domainkey.mx.test.": seal_key.record.encode()}
     cv, _, reason = dkim.arc_verify(delivered, dnsfunc=lambda name, timeout=5: records.get(name))
     assert cv == b"pass", reason
+
+
+@pytest.mark.parametrize("fmt", ["kv", "json"])
+def test_one_log_line_per_message_with_session_results_action_and_queue_id(
+        zone, sink, start_proxy, caplog, fmt):
+    import json
+    import logging
+
+    from tests.proxyrunner import proxy_config
+
+    publish_domain(zone, "example.org")
+    config = proxy_config(sink.address)
+    config.logging.format = fmt
+    proxy = start_proxy(config)
+    with caplog.at_level(logging.INFO, logger="authfilter.message"):
+        send(proxy, signed(message()))
+        send(proxy, signed(message()))
+    lines = [r.getMessage() for r in caplog.records if r.name == "authfilter.message"]
+    assert len(lines) == 2
+    if fmt == "json":
+        records = [json.loads(line) for line in lines]
+    else:
+        import shlex            # values with spaces are JSON-quoted: shell quoting reads them
+        records = [dict(part.split("=", 1) for part in shlex.split(line)) for line in lines]
+        assert lines[0].startswith("session=")
+    first, second = records
+    assert first["session"] != second["session"]
+    assert (first["client"], first["mail_from"], first["from_domain"]) == \
+        ("127.0.0.1", "<alice@example.org>", "example.org")
+    assert (first["spf"], first["dmarc"], first["action"]) == ("pass", "pass", "accept")
+    assert first["dkim"] == "pass:example.org:sel"
+    assert first["queue_id"] == sink_queue_id(first["upstream"]) and float(first["ms"]) > 0
+    assert "Hello." not in lines[0]                            # never a message body
+
+
+def sink_queue_id(upstream: str) -> str:
+    return upstream.rsplit(" ", 1)[-1]
