@@ -17,8 +17,8 @@ def port_in_use(port: int) -> bool:
 
 
 def test_serve_runs_on_embedded_defaults_and_drains_on_sigterm(tmp_path):
-    if port_in_use(10025):
-        pytest.skip("127.0.0.1:10025 is in use (another filter runs here)")
+    if port_in_use(10025) or port_in_use(10026):
+        pytest.skip("127.0.0.1:10025 or :10026 is in use (a filter or Postfix runs here)")
     env = dict(os.environ, STATE_DIRECTORY=str(tmp_path))      # the report store goes there
     proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
