@@ -233,3 +233,21 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
             return b""
         buf += chunk
     return buf
+
+
+def dkimpy_dnsfunc(address: str):
+    """A ``dnsfunc`` for dkimpy's verifiers that asks the test server at ``address`` (HOST:PORT)
+    through a plain synchronous dnspython resolver: the independent implementation stays
+    independent of our resolver."""
+    import dns.resolver
+    host, port = address.rsplit(":", 1)
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = [host], int(port), 2.0
+
+    def lookup(name: bytes, timeout=5):
+        try:
+            answer = resolver.resolve(name.decode(), "TXT", search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        return b"".join(answer.rrset[0].strings)
+    return lookup

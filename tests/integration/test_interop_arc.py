@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import dkim
-import dns.resolver
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
@@ -16,6 +15,7 @@ from authfilter.checks.dkim import verify_dkim
 from authfilter.config import SIGNED_HEADERS, DkimConfig
 from authfilter.message import Message
 from authfilter.signing import ArcSealer
+from tests.dnsserver import dkimpy_dnsfunc
 from tests.unit.test_sign_samples import NOW, SAMPLES, key_of, make_signer, table_key
 
 
@@ -35,17 +35,7 @@ def publish(zone, keys):
 
 
 def dkimpy_arc(raw: bytes, address: str) -> str | None:
-    host, port = address.rsplit(":", 1)
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers, resolver.port, resolver.lifetime = [host], int(port), 2.0
-
-    def lookup(name: bytes, timeout=5):
-        try:
-            answer = resolver.resolve(name.decode(), "TXT", search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
-        return b"".join(answer.rrset[0].strings)
-
+    lookup = dkimpy_dnsfunc(address)
     cv, _, _ = dkim.arc_verify(raw, dnsfunc=lookup)
     return cv.decode() if cv else None
 

@@ -27,13 +27,13 @@ import sys
 from pathlib import Path
 
 import dkim
-import dns.resolver
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from authfilter.checks.dkim import verify_dkim
 from authfilter.config import DkimConfig
 from authfilter.message import Message
+from tests.dnsserver import dkimpy_dnsfunc
 from tests.unit.test_sign_samples import (CANONICALIZATIONS, NOW, SAMPLES, key_of, make_signer,
                                           table_key)
 
@@ -91,16 +91,7 @@ def check_results(signed, results: dict[str, dict[str, str]], algorithms: set[st
 # -- dkimpy ------------------------------------------------------------------------------------
 def test_dkimpy_verifies_every_signature(zone, keys, signed):
     publish(zone, keys)
-    host, port = zone.address.rsplit(":", 1)
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers, resolver.port, resolver.lifetime = [host], int(port), 2.0
-
-    def lookup(name: bytes, timeout=5):
-        try:
-            answer = resolver.resolve(name.decode(), "TXT", search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return None
-        return b"".join(answer.rrset[0].strings)
+    lookup = dkimpy_dnsfunc(zone.address)
 
     results = {}
     for name, raw in signed.items():
