@@ -18,7 +18,6 @@ import ipaddress
 import itertools
 import logging
 import os
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from . import protocol as p
 from . import proxy_protocol
 from .message_flow import BROKEN, DONE, RESET, handle_message
 from .receiver import DataTooBig, LineTooLong, ReceiveBuffer
-from .upstream import UpstreamConnection, UpstreamError
+from .upstream import UpstreamConnection, UpstreamError, set_nodelay
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -95,9 +94,7 @@ class SmtpSession(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self._set_peer(peer[0].split("%")[0], peer[1])

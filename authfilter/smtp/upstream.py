@@ -29,6 +29,14 @@ MAX_REPLY_LINES = 100
 MAX_REPLY_LINE = 4096
 
 
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY on a TCP transport: our replies are whole, waiting to coalesce only adds
+    latency (both legs of the proxy use it)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
 class UpstreamError(Exception):
     """The upstream could not be reached or broke the protocol; nothing was accepted by it
     as far as we know (``after_data`` says the message may have been)."""
@@ -60,9 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer.feed(data)
