@@ -116,6 +116,9 @@ class DnsConfig:
                               minimum=0.1, maximum=60)
     cache_size: int = setting(50_000, "answers kept in the in-memory cache (0 = no cache)",
                               minimum=0, maximum=10_000_000)
+    failure_ttl: int = setting(5, "seconds a failed lookup (SERVFAIL, REFUSED, timeout, bad reply) "
+                                  "is remembered as temperror before it is asked again (RFC 9520; "
+                                  "0 = ask every time)", minimum=0, maximum=300)
 
 
 @dataclass

@@ -6,7 +6,9 @@ One asynchronous resolver per process (dnspython underneath) with
 * a per-query timeout and an optional per-message *deadline* (an absolute ``time.monotonic()``
   value) that no lookup may outlive;
 * a bounded LRU cache of answers, NXDOMAIN and NODATA that honours TTLs (RFC 2308 negative
-  TTLs from the SOA); temporary failures are never cached;
+  TTLs from the SOA), and of failures (SERVFAIL, REFUSED, timeouts, bad replies) for a few
+  seconds (RFC 9520: a broken zone is not asked again for every message meanwhile); a lookup
+  cut short by the message's deadline is not a failure of the zone and is never cached;
 * coalescing: identical lookups in flight share one query;
 * one mapping of DNS outcomes to the words the RFCs use, in :class:`DnsAnswer.status`.
 
@@ -113,7 +115,7 @@ class Resolver:
 
     def __init__(self, nameservers: Iterable[str] = (), *, timeout: float = 2.0,
                  lifetime: float = 5.0, cache_size: int = 50_000, max_ttl: int = 86_400,
-                 negative_ttl: int = 900) -> None:
+                 negative_ttl: int = 900, failure_ttl: int = 5) -> None:
         servers = [parse_nameserver(s) for s in nameservers]
         if servers:
             self._dns = dns.asyncresolver.Resolver(configure=False)
@@ -132,6 +134,7 @@ class Resolver:
         self.cache_size = cache_size
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
+        self.failure_ttl = failure_ttl
         self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
         self._derived: OrderedDict[tuple, tuple[float, object]] = OrderedDict()
@@ -152,7 +155,7 @@ class Resolver:
         return answer
 
     def _store(self, key: tuple[str, str], answer: DnsAnswer) -> None:
-        if answer.status in (TEMPERROR,) or answer.ttl <= 0 or self.cache_size <= 0:
+        if answer.ttl <= 0 or self.cache_size <= 0:
             return
         self._cache[key] = (time.monotonic() + answer.ttl, answer)
         self._cache.move_to_end(key)
@@ -247,16 +250,20 @@ class Resolver:
             return DnsAnswer(name, rdtype, PERMERROR, reason="name too long after DNAME")
         except dns.exception.Timeout:
             self.stats.failures += 1
-            return DnsAnswer(name, rdtype, TEMPERROR, reason=f"DNS timeout looking up {name} {rdtype}")
-        except dns.resolver.NoNameservers as exc:
+            # Only a lookup that had its whole lifetime says the zone is unreachable.
+            ttl = self.failure_ttl if budget >= self.lifetime else 0
+            return DnsAnswer(name, rdtype, TEMPERROR, ttl=ttl,
+                             reason=f"DNS timeout looking up {name} {rdtype}")
+        except dns.resolver.NoNameservers as exc:         # SERVFAIL, REFUSED from every server
             self.stats.failures += 1
-            return DnsAnswer(name, rdtype, TEMPERROR, reason=_short(exc))
+            return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl, reason=_short(exc))
         except dns.exception.DNSException as exc:         # malformed replies and the like
             self.stats.failures += 1
-            return DnsAnswer(name, rdtype, TEMPERROR, reason=_short(exc))
+            return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl, reason=_short(exc))
         except OSError as exc:                            # network unreachable
             self.stats.failures += 1
-            return DnsAnswer(name, rdtype, TEMPERROR, reason=f"network error: {exc}")
+            return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl,
+                             reason=f"network error: {exc}")
         ttl = max(0, round(ans.expiration - time.time()))
         if ans.rrset is None:
             return DnsAnswer(name, rdtype, NODATA, ttl=min(ttl, self.negative_ttl), reason="NODATA")

@@ -37,7 +37,8 @@ OFFLOAD_BYTES = 256 * 1024
 
 def resolver_from_config(config: Config) -> Resolver:
     d = config.dns
-    return Resolver(d.nameservers, timeout=d.timeout, lifetime=d.lifetime, cache_size=d.cache_size)
+    return Resolver(d.nameservers, timeout=d.timeout, lifetime=d.lifetime, cache_size=d.cache_size,
+                    failure_ttl=d.failure_ttl)
 
 
 def verify_crypto(message: Message, keys: Mapping[str, DnsAnswer], config: Config,

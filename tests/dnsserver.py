@@ -74,6 +74,13 @@ class DnsTestServer:
         self.behaviour[key] = how
         return self
 
+    def recover(self, name: str) -> "DnsTestServer":
+        """Stop misbehaving for ``name`` (every record type)."""
+        with self._lock:
+            for key in [k for k in self.behaviour if k == _norm(name) or k[0] == _norm(name)]:
+                del self.behaviour[key]
+        return self
+
     def reset(self) -> None:
         with self._lock:
             self.records.clear()

@@ -51,12 +51,37 @@ def test_ttl_is_honoured(zone, resolver):
 
 
 @pytest.mark.parametrize("how", ["timeout", "servfail", "refused", "garbage"])
-def test_failures_are_temperror_and_not_cached(zone, resolver, how):
+def test_failures_are_temperror_remembered_for_failure_ttl_only(zone, how):
+    """RFC 9520: a failed lookup is not repeated at once, and is asked again once the
+    failure TTL is over (when the zone may have recovered)."""
+    resolver = Resolver([zone.address], timeout=0.2, lifetime=0.4, failure_ttl=1)
     zone.misbehave("bad.example.org", how)
     answer = run(resolver.query("bad.example.org", "TXT"))
     assert answer.status == "temperror" and answer.reason
     asked = len(zone.queries)
+    again = run(resolver.query("bad.example.org", "TXT"))
+    assert again.status == "temperror" and len(zone.queries) == asked
+    zone.recover("bad.example.org").add("bad.example.org", "TXT", "recovered")
+    time.sleep(1.1)
+    assert run(resolver.query("bad.example.org", "TXT")).records == (b"recovered",)
+
+
+def test_failures_are_asked_again_with_failure_ttl_zero(zone):
+    resolver = Resolver([zone.address], timeout=0.2, lifetime=0.4, failure_ttl=0)
+    zone.misbehave("bad.example.org", "servfail")
     run(resolver.query("bad.example.org", "TXT"))
+    asked = len(zone.queries)
+    run(resolver.query("bad.example.org", "TXT"))
+    assert len(zone.queries) > asked
+
+
+def test_a_timeout_cut_short_by_the_message_deadline_is_not_remembered(zone):
+    resolver = Resolver([zone.address], timeout=0.2, lifetime=2.0, failure_ttl=60)
+    zone.misbehave("slow.example.org", "timeout")
+    answer = run(resolver.query("slow.example.org", "TXT", deadline=time.monotonic() + 0.3))
+    assert answer.status == "temperror"
+    asked = len(zone.queries)
+    run(resolver.query("slow.example.org", "TXT", deadline=time.monotonic() + 0.3))
     assert len(zone.queries) > asked
 
 
