@@ -36,8 +36,10 @@ def worker_observers(config) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..memory import keep_freed_buffers
     from ..smtp.supervisor import load_config, serve
 
     config = load_config_or_exit(args.config, load_config)
     logging.basicConfig(level=config.logging.level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    keep_freed_buffers()                    # before the workers fork: they inherit it
     return serve(args.config, config, worker_observers)

@@ -26,8 +26,9 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, Callable
 
 from ..config import Config, ConfigError
-from ..policy import PolicyError
+from ..memory import keep_freed_buffers
 from ..metrics import Metrics, worker_listen
+from ..policy import PolicyError
 from .server import Observer, ProxyServer, parse_address
 
 log = logging.getLogger("authfilter.serve")
@@ -72,7 +73,8 @@ def make_executor(config: Config) -> Executor | None:
     if config.proxy.offload_workers <= 0:
         return None
     return ProcessPoolExecutor(config.proxy.offload_workers,
-                               mp_context=multiprocessing.get_context("forkserver"))
+                               mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=keep_freed_buffers)
 
 
 # -- one worker ----------------------------------------------------------------------------
