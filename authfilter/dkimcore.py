@@ -306,11 +306,15 @@ def _end_without_trailing_empty_lines(body: bytes) -> int | None:
 class HeaderIndex:
     """Positions of every header field by lower-cased name, built once per message."""
 
-    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]],
+                 positions: dict[bytes, list[int]] | None = None) -> None:
+        """``positions``: the index :class:`~authfilter.message.Message` built already."""
         self.headers = headers
-        self._positions: dict[bytes, list[int]] = {}
-        for i, (name, _) in enumerate(headers):
-            self._positions.setdefault(field_name(name), []).append(i)
+        if positions is None:
+            positions = {}
+            for i, (name, _) in enumerate(headers):
+                positions.setdefault(field_name(name), []).append(i)
+        self._positions = positions
 
     def positions(self, name: bytes) -> list[int]:
         """Indexes of the fields called ``name`` (lower-case), top to bottom."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 MAX_HEADER_FIELDS = 10_000          # past this the rest of the header block is ignored (errors says so)
 _BARE_LF = re.compile(rb"\n(?<!\r\n)")    # starts with the literal LF: re scans for it at C speed
@@ -34,6 +35,8 @@ class Message:
     body: bytes                                  # after the empty line; b"" when there is none
     header_length: int                           # bytes of raw before the body
     errors: list[str] = field(default_factory=list)
+    # field_name -> indexes into ``headers``, top first: every lookup by name is a dict get
+    positions: dict[bytes, list[int]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: bytes, *, crlf_only: bool = False) -> "Message":
@@ -54,6 +57,7 @@ class Message:
             else:
                 head, body, header_length = raw[:end + 2], raw[end + 4:], end + 4
         headers: list[tuple[bytes, bytes]] = []
+        positions: dict[bytes, list[int]] = {}
         for line in head.split(b"\r\n")[:-1] if head else ():
             if line[:1] in (b" ", b"\t"):
                 if headers:
@@ -69,17 +73,22 @@ class Message:
             if m is None:
                 errors.append(f"malformed header line: {line[:60]!r}")
                 continue
+            positions.setdefault(field_name(m.group(1)), []).append(len(headers))
             headers.append((m.group(1), line[m.end():] + b"\r\n"))
-        return cls(raw, headers, body, header_length, errors)
+        return cls(raw, headers, body, header_length, errors, positions)
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Values of every field called ``name`` (case-insensitive), top to bottom."""
-        lname = name.lower()
-        return [v for n, v in self.headers if field_name(n) == lname]
+        headers = self.headers
+        return [headers[i][1] for i in self.positions.get(name.lower(), ())]
 
     def count(self, name: bytes) -> int:
-        lname = name.lower()
-        return sum(1 for n, _ in self.headers if field_name(n) == lname)
+        return len(self.positions.get(name.lower(), ()))
+
+    def indexes_of(self, names: Iterable[bytes]) -> list[int]:
+        """Indexes into ``headers`` of every field with one of ``names`` (lower-case), top first."""
+        found = [self.positions[n] for n in names if n in self.positions]
+        return list(found[0]) if len(found) == 1 else sorted(i for f in found for i in f)
 
 
 def field_name(name: bytes) -> bytes:

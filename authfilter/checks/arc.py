@@ -60,10 +60,9 @@ class _ArcSet:
 def key_names(message: Message) -> list[str]:
     """Key names of every ARC-Seal and ARC-Message-Signature that parse (at most 50 sets)."""
     names: list[str] = []
-    for name, value in message.headers:
-        kind = {SEAL: dkimcore.AS, MESSAGE_SIGNATURE: dkimcore.AMS}.get(field_name(name))
-        if kind is None:
-            continue
+    for position in message.indexes_of((SEAL, MESSAGE_SIGNATURE)):
+        name, value = message.headers[position]
+        kind = dkimcore.AS if field_name(name) == SEAL else dkimcore.AMS
         try:
             key = dkimcore.parse_signature(value, kind).key_name
         except DkimSyntaxError:
@@ -78,7 +77,7 @@ def key_names(message: Message) -> list[str]:
 def validate_chain(message: Message, keys: Mapping[str, DnsAnswer], now: float,
                    min_rsa_bits: int = 1024) -> ArcResult:
     """cv= of the message's ARC chain (see the module docstring for the steps)."""
-    if not any(field_name(name) in _ARC_FIELDS for name, _ in message.headers):
+    if not any(n in message.positions for n in _ARC_FIELDS):
         return ArcResult("none")
     try:
         sets = _collect_sets(message)
@@ -121,10 +120,9 @@ async def validate_arc(message: Message, resolver: Resolver, *, deadline: float 
 def _collect_sets(message: Message) -> list[_ArcSet]:
     """The ARC sets, instance 1 first, after every structural check of section 5.2."""
     found: dict[tuple[int, bytes], tuple[int, object]] = {}
-    for position, (name, value) in enumerate(message.headers):
+    for position in message.indexes_of(_ARC_FIELDS):
+        name, value = message.headers[position]
         lname = field_name(name)
-        if lname not in _ARC_FIELDS:
-            continue
         label = name.decode("ascii", "replace")
         parsed: object = None
         if lname == AUTHENTICATION_RESULTS:
@@ -187,7 +185,7 @@ class _Checker:
         self.now = now
         self.min_rsa_bits = min_rsa_bits
         self.sets = sets
-        self.index = HeaderIndex(message.headers)
+        self.index = HeaderIndex(message.headers, message.positions)
         self.bodies = BodyHashes(message.body)
 
     def check_message_signature(self, instance: int) -> None:

@@ -45,7 +45,7 @@ CLOCK_SKEW = 900
 
 def signature_fields(message: Message) -> list[tuple[int, tuple[bytes, bytes]]]:
     """Every DKIM-Signature field with its position in the header, top (newest) first."""
-    return [(i, field) for i, field in enumerate(message.headers) if field_name(field[0]) == SIGNATURE_FIELD]
+    return [(i, message.headers[i]) for i in message.positions.get(SIGNATURE_FIELD, ())]
 
 
 def key_names(message: Message, max_signatures: int) -> list[str]:
@@ -67,7 +67,7 @@ def verify_signatures(message: Message, keys: Mapping[str, DnsAnswer], settings:
     fields = signature_fields(message)
     if not fields:
         return ()
-    index = HeaderIndex(message.headers)
+    index = HeaderIndex(message.headers, message.positions)
     bodies = BodyHashes(message.body)
     results = [_verify_one(position, field, index, bodies, keys, settings, now)
                for position, field in fields[:settings.max_signatures]]

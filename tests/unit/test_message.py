@@ -44,3 +44,12 @@ def test_wsp_before_the_colon_is_kept_for_simple_canonicalization():
     m = Message.parse(b"Subject : x\r\nFrom: a\r\n\r\n")
     assert m.headers[0] == (b"Subject ", b" x\r\n")
     assert m.get_all(b"subject") == [b" x\r\n"] and m.count(b"SUBJECT") == 1
+
+
+def test_fields_are_found_by_name_whatever_the_case_and_wsp_before_the_colon():
+    m = Message.parse(b"From: a@example.com\r\nDKIM-Signature: one\r\nX: 1\r\n"
+                      b"dkim-signature \t: two\r\n folded\r\nARC-Seal: s\r\n\r\nbody\r\n")
+    assert m.get_all(b"DKIM-Signature") == [b" one\r\n", b" two\r\n folded\r\n"]
+    assert m.count(b"dkim-SIGNATURE") == 2 and m.count(b"Received") == 0
+    assert m.indexes_of([b"arc-seal", b"dkim-signature"]) == [1, 3, 4]
+    assert m.indexes_of([b"x"]) == [2] and m.indexes_of([b"received"]) == []
