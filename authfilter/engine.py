@@ -111,9 +111,14 @@ class Engine:
                        now: float | None = None, crlf_only: bool = False) -> Verdict:
         """Verdict for one message; ``spf`` is the task :meth:`start_spf` returned, if any;
         ``crlf_only`` as for :meth:`Message.parse`."""
+        return await self.evaluate_message(facts, Message.parse(raw, crlf_only=crlf_only),
+                                           spf=spf, now=now)
+
+    async def evaluate_message(self, facts: SessionFacts, message: Message, *,
+                               spf: asyncio.Future | None = None, now: float | None = None) -> Verdict:
+        """:meth:`evaluate` for a message the caller has parsed (and uses too)."""
         deadline = self.deadline()
         now = time.time() if now is None else now
-        message = Message.parse(raw, crlf_only=crlf_only)
         spf_task = spf if spf is not None else asyncio.ensure_future(self.check_spf(facts, deadline))
 
         names = set(dkim.key_names(message, self.config.dkim.max_signatures))

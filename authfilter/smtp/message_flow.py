@@ -99,20 +99,20 @@ def upstream_form(raw: bytes, content: bytes, wire: bytes, bare_lf: bool) -> lis
     return [stuff(raw[:head_end]), memoryview(wire)[header_block_end(wire):]]
 
 
-async def _verdict(rt: "Runtime", facts: SessionFacts, raw: bytes,
-                   spf_task: asyncio.Future | None, crlf_only: bool) -> Verdict | None:
+async def _verdict(rt: "Runtime", facts: SessionFacts, message: Message,
+                   spf_task: asyncio.Future | None) -> Verdict | None:
     if facts.trusted:
         if rt.config.policy.trusted_checks == "none":
             return None
         domain = facts.mail_from.rpartition("@")[2] if facts.mail_from else None
         skipped: asyncio.Future = asyncio.get_running_loop().create_future()
         skipped.set_result((SpfResult("none", "mailfrom", domain, reason=NOT_CHECKED), None))
-        verdict = await rt.engine.evaluate(facts, raw, spf=skipped, crlf_only=crlf_only)
+        verdict = await rt.engine.evaluate_message(facts, message, spf=skipped)
         return dataclasses.replace(verdict, arc=ArcResult("none", reason=NOT_CHECKED),
                                    dmarc=DmarcResult("none", verdict.dmarc.from_domain,
                                                      reason=NOT_CHECKED))
     async with asyncio.timeout(rt.config.general.message_deadline + DEADLINE_SLACK):
-        return await rt.engine.evaluate(facts, raw, spf=spf_task, crlf_only=crlf_only)
+        return await rt.engine.evaluate_message(facts, message, spf=spf_task)
 
 
 async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content: bytes,
@@ -124,13 +124,13 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
     ``bare_lf`` whether it has an LF without CR (see :class:`~.receiver.ReceiveBuffer`)."""
     started = time.monotonic()
     verdict: Verdict | None = None
-    checked: bytes | None = None         # the inbound message as the engine saw it
+    checked: Message | None = None       # the inbound message as the engine saw it
     timings: dict[str, float] = {}
     if role == "inbound":
         raw, mailing_list = prepare_inbound(content, rt.authserv_id, rt.policy.quarantine_header)
-        checked = raw
+        checked = Message.parse(raw, crlf_only=not bare_lf)
         try:
-            verdict = await _verdict(rt, facts, raw, spf_task, crlf_only=not bare_lf)
+            verdict = await _verdict(rt, facts, checked, spf_task)
             timings["total"] = time.monotonic() - started
             action = rt.policy.decide(facts, verdict, mailing_list=mailing_list) if verdict \
                 else Action(ACCEPT, "trusted network")
@@ -188,10 +188,10 @@ async def _relay(rt: "Runtime", conn: UpstreamConnection, parts: list[bytes]) ->
 
 def _finish(rt: "Runtime", role: str, facts: SessionFacts, verdict: Verdict | None,
             action: Action, outcome: Outcome, size: int, started: float, peer: str,
-            timings: dict[str, float], checked: bytes | None = None,
+            timings: dict[str, float], checked: Message | None = None,
             session_id: str = "") -> Outcome:
     """Log, count, call the observers.  An observer with ``wants_headers = True`` also gets
-    the inbound message's header fields (parsed once, only then) as ``headers=``."""
+    the inbound message's header fields as ``headers=``."""
     elapsed = time.monotonic() - started
     record = message_record(session=session_id, role=role, facts=facts, peer=peer, size=size,
                             verdict=verdict,
@@ -199,13 +199,11 @@ def _finish(rt: "Runtime", role: str, facts: SessionFacts, verdict: Verdict | No
                             reply=outcome.reply, elapsed=elapsed)
     message_log.info("%s", rt.format_record(record))
     rt.metrics.message_done(verdict, action.kind, {"end_of_data": elapsed, **timings})
-    fields = None
     for observer in rt.observers:
         try:
             if checked is not None and getattr(observer, "wants_headers", False):
-                if fields is None:
-                    fields = Message.parse(checked[:header_block_end(checked)]).headers
-                observer(facts, verdict, action, outcome.upstream_reply, elapsed, headers=fields)
+                observer(facts, verdict, action, outcome.upstream_reply, elapsed,
+                         headers=checked.headers)
             else:
                 observer(facts, verdict, action, outcome.upstream_reply, elapsed)
         except Exception:
