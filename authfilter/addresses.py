@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
+from functools import lru_cache
 from typing import NamedTuple, Sequence
 
 try:
@@ -87,6 +88,22 @@ def author_addresses(from_values: Sequence[bytes | str]) -> AuthorAddresses:
 
 def parse_address_list(value: bytes | str) -> list[Mailbox]:
     """Mailboxes of an RFC 5322 address-list (groups included); raises :class:`AddressError`."""
+    if len(value) <= _MEMO_LENGTH:
+        return list(_parse_short(value))
+    return _parse(value)
+
+
+# The same From values come again and again (each sender's, each list's): short ones are
+# remembered, so a repeated value costs a dict lookup instead of ~10 us of parsing.
+_MEMO_LENGTH = 256
+
+
+@lru_cache(maxsize=4096)
+def _parse_short(value: bytes | str) -> tuple[Mailbox, ...]:
+    return tuple(_parse(value))
+
+
+def _parse(value: bytes | str) -> list[Mailbox]:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "surrogateescape")   # RFC 6532; stray bytes stay visible
     text = value.replace("\r\n", "")                         # unfold (RFC 5322 s. 2.2.3)

@@ -180,6 +180,9 @@ def parse_path_argument(arg: bytes, prefix: str, *, allowed: frozenset[str],
 
 def _closing_bracket(text: bytes) -> int:
     """Index of the '>' that closes the path, skipping quoted strings and quoted pairs."""
+    first = text.find(b">")
+    if first > 0 and b'"' not in text[:first] and b"\\" not in text[:first]:
+        return first                                    # the usual path: nothing quoted
     i, quoted = 1, False
     while i < len(text):
         c = text[i]

@@ -144,3 +144,13 @@ def test_normalize_domain(text, expected):
 def test_normalize_domain_rejects(text):
     with pytest.raises(AddressError):
         normalize_domain(text)
+
+
+def test_a_repeated_value_gives_the_same_answer_each_time():
+    good = b" Alice <alice@Example.COM>\r\n"
+    first = parse_address_list(good)
+    first.append("changed by the caller")
+    assert [m.domain for m in parse_address_list(good)] == ["example.com"]
+    for _ in range(2):
+        with pytest.raises(AddressError):
+            parse_address_list(b" Alice <alice@example.com\r\n")
