@@ -197,6 +197,8 @@ def _collapse_wsp(data: bytes) -> bytes:
     """
     if b"\t" in data:
         data = data.replace(b"\t", b" ")
+    if len(data) <= 4096 and b"  " not in data:      # a header value, mostly: nothing to do
+        return data
     if _sp_is_rare(data):
         limit = _few(data)
         data, replaced = _SP_RUN.subn(b" ", data, count=limit)
