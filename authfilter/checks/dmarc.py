@@ -169,7 +169,14 @@ def tree_walk_targets(domain: str) -> list[str]:
 
 
 async def tree_walk(domain: str, resolver: Resolver, *, deadline: float | None = None) -> TreeWalk:
-    """Walk up from ``domain`` until a record with ``psd=y``/``psd=n``, the top or a DNS failure."""
+    """Walk up from ``domain`` until a record with ``psd=y``/``psd=n``, the top or a DNS failure.
+
+    A walk without a DNS failure is kept while every answer it read stays cached, so the next
+    message from the same domain costs one dict lookup."""
+    memo_key = ("dmarc-walk", domain)
+    remembered = resolver.recall(memo_key)
+    if remembered is not None:
+        return remembered  # type: ignore[return-value]
     steps: list[RecordLookup] = []
     for target in tree_walk_targets(domain):
         step = await lookup_record(target, resolver, mode="rfc9989", deadline=deadline)
@@ -183,7 +190,10 @@ async def tree_walk(domain: str, resolver: Resolver, *, deadline: float | None =
         steps.append(step)
         if step.outcome == "error" or (step.record is not None and step.record.psd in ("y", "n")):
             break
-    return TreeWalk(domain, tuple(steps))
+    walk = TreeWalk(domain, tuple(steps))
+    if walk.error is None:
+        resolver.remember(memo_key, walk, [(f"_dmarc.{s.domain}", "TXT") for s in steps])
+    return walk
 
 
 async def lookup_record(domain: str, resolver: Resolver, *, mode: str,

@@ -262,6 +262,17 @@ def test_tree_walk_of_a_long_domain_makes_at_most_eight_queries(zone, resolver):
                                    "_dmarc.example.com", "_dmarc.com"]
 
 
+def test_a_changed_policy_record_is_seen_once_the_answer_read_before_expires(zone, resolver):
+    """Walks are kept between messages, but never past the TTL of an answer they read."""
+    zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=reject", ttl=1)
+    first = check(resolver, spf=spf_pass("example.com"))
+    assert check(resolver, spf=spf_pass("example.com")) == first
+    zone.reset()
+    zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=none", ttl=1)
+    time.sleep(1.1)
+    assert (first.policy, check(resolver, spf=spf_pass("example.com")).policy) == ("reject", "none")
+
+
 # -- alignment -------------------------------------------------------------------------------------
 def test_relaxed_alignment_by_tree_walk(zone, resolver):
     zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=reject")
