@@ -230,8 +230,6 @@ class ProxyConfig:
     upstream_idle: float = setting(10.0, "seconds an idle upstream connection is kept for the next "
                                          "message; 0 = a new connection per message",
                                    minimum=0, maximum=300)
-    upstream_bdat: bool = setting(True, "send the message with BDAT (RFC 3030) when the upstream "
-                                        "offers CHUNKING: no 354 round trip, no dot-stuffing")
     xforward_hosts: list[str] = setting(LOOPBACK_NETWORKS, "peers allowed to send XFORWARD (Postfix's "
                                                            "before-queue smtpd); only they see it in EHLO",
                                         check=_check_networks)

@@ -9,7 +9,6 @@ RCPT line exactly as it arrived, so tests can check that parameters pass unchang
     sink = SmtpSink().start()
     sink.refuse_rcpt["nobody@example.net"] = b"550 5.1.1 No such user"
     sink.data_reply = b"451 4.3.0 try later"
-    sink.chunking = True             # EHLO offers CHUNKING and BDAT is accepted (RFC 3030)
     ...  sink.messages[-1].content / .mail_line / .rcpt_lines / .xforward
     sink.stop()
 """
@@ -64,7 +63,6 @@ class SmtpSink:
     refuse_rcpt: dict[str, bytes] = field(default_factory=dict)
     data_reply: bytes | None = None
     data_delay: float = 0.0
-    chunking: bool = False
     connections: int = 0
     commands: list[bytes] = field(default_factory=list)
 
@@ -85,7 +83,6 @@ class SmtpSink:
         self.refuse_rcpt.clear()
         self.data_reply = None
         self.data_delay = 0.0
-        self.chunking = False
 
     # -- one connection ----------------------------------------------------------------------
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -95,7 +92,6 @@ class SmtpSink:
         xforward: dict[str, str] = {}
         mail: bytes | None = None
         rcpts: list[bytes] = []
-        chunks: list[bytes] = []
         writer.write(b"220 sink.test ESMTP\r\n")
         try:
             while True:
@@ -108,9 +104,7 @@ class SmtpSink:
                 verb = line[:4].upper()
                 if verb in (b"EHLO", b"HELO"):
                     mail, rcpts, xforward = None, [], {}
-                    ehlo = EHLO_REPLY.replace(b"250-DSN", b"250-DSN\r\n250-CHUNKING") \
-                        if self.chunking else EHLO_REPLY
-                    writer.write(ehlo if verb == b"EHLO" else b"250 sink.test\r\n")
+                    writer.write(EHLO_REPLY if verb == b"EHLO" else b"250 sink.test\r\n")
                 elif line[:8].upper() == b"XFORWARD":
                     for word in line[9:].split():
                         key, _, value = word.decode().partition("=")
@@ -145,26 +139,8 @@ class SmtpSink:
                             queue_id = f"SINK{len(self.messages):04d}"
                         writer.write(f"250 2.0.0 Ok: queued as {queue_id}\r\n".encode())
                     mail, rcpts, xforward = None, [], {}
-                elif verb == b"BDAT" and self.chunking:
-                    size, _, last = line[5:].partition(b" ")
-                    chunks.append(await reader.readexactly(int(size)))
-                    if last.upper() != b"LAST":
-                        writer.write(b"250 2.0.0 Ok: chunk\r\n")
-                        continue
-                    content, chunks = b"".join(chunks), []
-                    if not rcpts:
-                        writer.write(b"554 5.5.1 Error: no valid recipients\r\n")
-                        continue
-                    if self.data_reply:
-                        writer.write(self.data_reply + b"\r\n")
-                        continue                       # the client must RSET
-                    with self.lock:
-                        self.messages.append(Received(mail, rcpts, content, xforward, number))
-                        queue_id = f"SINK{len(self.messages):04d}"
-                    writer.write(f"250 2.0.0 Ok: queued as {queue_id}\r\n".encode())
-                    mail, rcpts, xforward = None, [], {}
                 elif verb == b"RSET":
-                    mail, rcpts, xforward, chunks = None, [], {}, []
+                    mail, rcpts, xforward = None, [], {}
                     writer.write(b"250 2.0.0 Ok\r\n")
                 elif verb == b"NOOP":
                     writer.write(b"250 2.0.0 Ok\r\n")

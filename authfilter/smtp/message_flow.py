@@ -41,21 +41,6 @@ DONE, RESET, BROKEN = "done", "reset", "broken"
 
 
 @dataclass(slots=True)
-class Relay:
-    """What goes upstream after a verdict that lets the message through: the fields we add on
-    top, then ``raw``, the message itself, not dot-stuffed."""
-    top: list[bytes]
-    raw: bytes
-    bare_lf: bool                                           # raw has an LF without a CR
-    stuffed: Callable[[], list[bytes | memoryview]]         # raw dot-stuffed, for DATA
-
-    def for_bdat(self) -> list[bytes] | None:
-        """The pieces for BDAT, or None when DATA must carry it: a bare LF is passed to the
-        upstream only inside DATA, stuffed so that no MTA can read an end of data into it."""
-        return None if self.bare_lf else [*self.top, self.raw]
-
-
-@dataclass(slots=True)
 class Outcome:
     reply: bytes | None            # None: the client is gone, nothing to say
     upstream: str                  # DONE (transaction finished), RESET (needs RSET) or BROKEN
@@ -159,21 +144,19 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
             else empty_results_header(rt.authserv_id)
         if sealer is not None and verdict is not None and action.kind in (ACCEPT, QUARANTINE):
             # RFC 8617 s. 5.1: the AAR carries our results; the seal covers what we relay.
-            sealed = sealer.seal(action.add_headers + raw, header_value(rt.authserv_id, facts, verdict),
-                                 verdict.arc)
-            relay = Relay([header], sealed, bare_lf, lambda: [stuff(sealed)])
+            raw = sealer.seal(action.add_headers + raw, header_value(rt.authserv_id, facts, verdict),
+                              verdict.arc)
+            parts = [header, stuff(raw)]
         else:
-            relay = Relay([header, action.add_headers], raw, bare_lf,
-                          lambda: upstream_form(raw, content, wire, bare_lf))
+            parts = [header, action.add_headers, *upstream_form(raw, content, wire, bare_lf)]
     else:
-        signed = content
         try:
-            signed = rt.sign(normalize_line_ends(content) if bare_lf else content, facts)
+            raw = rt.sign(normalize_line_ends(content) if bare_lf else content, facts)
             action = Action(ACCEPT, "submission")
         except Exception:
             log.exception("signing a message from %s failed", facts.client_ip)
             action = Action(TEMPFAIL, "signing failed", protocol.TEMP_FAILURE)
-        relay = Relay([], signed, False, lambda: [stuff(signed)])
+        parts = [stuff(raw)]
 
     if action.kind in (REJECT, TEMPFAIL):
         outcome = Outcome(action.reply, RESET)
@@ -181,18 +164,14 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
         outcome = Outcome(None, BROKEN)
         log.warning("client %s left before the verdict; nothing relayed", facts.client_ip)
     else:
-        outcome = await _relay(rt, conn, relay)
+        outcome = await _relay(rt, conn, parts)
     return _finish(rt, role, facts, verdict, action, outcome, len(content), started, peer, timings,
                    checked, session_id)
 
 
-async def _relay(rt: "Runtime", conn: UpstreamConnection, relay: Relay) -> Outcome:
-    chunk = relay.for_bdat() if conn.chunking and rt.config.proxy.upstream_bdat else None
+async def _relay(rt: "Runtime", conn: UpstreamConnection, parts: list[bytes]) -> Outcome:
     try:
-        if chunk is not None:
-            reply, finished = await conn.send_chunk(chunk)
-        else:
-            reply, finished = await conn.send_message([*relay.top, *relay.stuffed()])
+        reply, finished = await conn.send_message(parts)
     except UpstreamError as exc:
         rt.metrics.upstream_error("after_data" if exc.after_data else "unavailable")
         if exc.after_data:

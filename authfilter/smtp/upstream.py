@@ -37,7 +37,6 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-
 class UpstreamError(Exception):
     """The upstream could not be reached or broke the protocol; nothing was accepted by it
     as far as we know (``after_data`` says the message may have been)."""
@@ -218,19 +217,6 @@ class UpstreamConnection(asyncio.Protocol):
             return ready, False
         self._send(*parts, b".\r\n")
         return await self.read_reply(after_data=True), True
-
-    @property
-    def chunking(self) -> bool:
-        return "CHUNKING" in self.extensions
-
-    async def send_chunk(self, parts: list[bytes]) -> tuple[Reply, bool]:
-        """``BDAT <size> LAST`` and the message as it is (RFC 3030 s. 2, 4.2): one write, one
-        reply, nothing to stuff.  Returns the upstream's reply to the message and whether the
-        transaction is over without a RSET (a refused chunk leaves it to be reset)."""
-        size = sum(map(len, parts))
-        self._send(b"BDAT %d LAST\r\n" % size, *parts)
-        reply = await self.read_reply(after_data=True)
-        return reply, reply.code == 250
 
     async def reset(self) -> bool:
         """RSET; False when the connection is no longer good for another transaction."""
