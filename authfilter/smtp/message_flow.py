@@ -153,10 +153,11 @@ async def handle_message(rt: "Runtime", role: str, facts: SessionFacts, content:
         try:
             raw = rt.sign(normalize_line_ends(content) if bare_lf else content, facts)
             action = Action(ACCEPT, "submission")
+            parts = [stuff(raw)]
         except Exception:
             log.exception("signing a message from %s failed", facts.client_ip)
             action = Action(TEMPFAIL, "signing failed", protocol.TEMP_FAILURE)
-        parts = [stuff(raw)]
+            parts = []                     # a tempfail relays nothing
 
     if action.kind in (REJECT, TEMPFAIL):
         outcome = Outcome(action.reply, RESET)
