@@ -20,7 +20,7 @@ import asyncio
 import ipaddress
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import dns.asyncresolver

@@ -1,5 +1,5 @@
 """Warm-cache CPU cost of one check_spf (record with two includes), loopback DNS server."""
-import asyncio, statistics, sys, time
+import asyncio, statistics, time
 import common  # noqa: F401,E402  (puts the checkout on sys.path)
 from tests.dnsserver import DnsTestServer
 from authfilter.dns import Resolver

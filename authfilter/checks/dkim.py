@@ -35,7 +35,7 @@ from .. import dkimcore
 from ..config import DkimConfig
 from ..dkimcore import BodyHashes, DkimKey, DkimSyntaxError, HeaderIndex, KeyRecordError, Signature
 from ..dns import NODATA, NXDOMAIN, OK, TEMPERROR, DnsAnswer, Resolver
-from ..message import Message, field_name
+from ..message import Message
 from ..results import DkimResult
 
 SIGNATURE_FIELD = b"dkim-signature"
