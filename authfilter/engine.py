@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 from .checks import arc, dkim, dmarc
 from .checks import spf as spf_check
 from .config import Config
+from .dkimcore import BodyHashes
 from .dns import DnsAnswer, Resolver
 from .message import Message
 from .results import ArcResult, DkimResult, SessionFacts, SpfResult, Verdict
@@ -45,8 +46,9 @@ def verify_crypto(message: Message, keys: Mapping[str, DnsAnswer], config: Confi
                   now: float) -> tuple[tuple[DkimResult, ...], ArcResult]:
     """All the CPU work of one message, no I/O: picklable in and out, so it can run in a
     worker process."""
-    dkim_results = dkim.verify_signatures(message, keys, config.dkim, now)
-    arc_result = arc.validate_chain(message, keys, now, config.dkim.min_rsa_bits) \
+    bodies = BodyHashes(message.body)           # a relaxed body hash serves DKIM and ARC alike
+    dkim_results = dkim.verify_signatures(message, keys, config.dkim, now, bodies)
+    arc_result = arc.validate_chain(message, keys, now, config.dkim.min_rsa_bits, bodies) \
         if config.arc.enabled else ArcResult("none", reason="ARC validation disabled")
     return dkim_results, arc_result
 

@@ -75,8 +75,9 @@ def key_names(message: Message) -> list[str]:
 
 
 def validate_chain(message: Message, keys: Mapping[str, DnsAnswer], now: float,
-                   min_rsa_bits: int = 1024) -> ArcResult:
-    """cv= of the message's ARC chain (see the module docstring for the steps)."""
+                   min_rsa_bits: int = 1024, bodies: BodyHashes | None = None) -> ArcResult:
+    """cv= of the message's ARC chain (see the module docstring for the steps); ``bodies``:
+    the message's body hashes when DKIM verification shares them."""
     if not any(n in message.positions for n in _ARC_FIELDS):
         return ArcResult("none")
     try:
@@ -90,7 +91,7 @@ def validate_chain(message: Message, keys: Mapping[str, DnsAnswer], now: float,
     def result(word: str, reason: str | None = None, oldest_pass: int | None = None) -> ArcResult:
         return ArcResult(word, count, sealers, oldest_pass, ams_domain, reason)
 
-    checker = _Checker(message, keys, now, min_rsa_bits, sets)
+    checker = _Checker(message, keys, now, min_rsa_bits, sets, bodies or BodyHashes(message.body))
     try:
         checker.check_message_signature(count)
         oldest_pass = 0
@@ -179,14 +180,14 @@ class _Checker:
     """Validates the AMS and AS of each instance against one message."""
 
     def __init__(self, message: Message, keys: Mapping[str, DnsAnswer], now: float,
-                 min_rsa_bits: int, sets: list[_ArcSet]) -> None:
+                 min_rsa_bits: int, sets: list[_ArcSet], bodies: BodyHashes) -> None:
         self.message = message
         self.keys = keys
         self.now = now
         self.min_rsa_bits = min_rsa_bits
         self.sets = sets
         self.index = HeaderIndex(message.headers, message.positions)
-        self.bodies = BodyHashes(message.body)
+        self.bodies = bodies
 
     def check_message_signature(self, instance: int) -> None:
         """RFC 8617 section 5.2 step 4/5: the AMS of ``instance`` validates like DKIM.  Header

@@ -62,13 +62,14 @@ def key_names(message: Message, max_signatures: int) -> list[str]:
 
 
 def verify_signatures(message: Message, keys: Mapping[str, DnsAnswer], settings: DkimConfig,
-                      now: float) -> tuple[DkimResult, ...]:
-    """One result per DKIM-Signature (top first), at most ``max_signatures`` + 1 results."""
+                      now: float, bodies: BodyHashes | None = None) -> tuple[DkimResult, ...]:
+    """One result per DKIM-Signature (top first), at most ``max_signatures`` + 1 results.
+    ``bodies``: the message's body hashes when ARC validation shares them."""
     fields = signature_fields(message)
     if not fields:
         return ()
     index = HeaderIndex(message.headers, message.positions)
-    bodies = BodyHashes(message.body)
+    bodies = bodies or BodyHashes(message.body)
     results = [_verify_one(position, field, index, bodies, keys, settings, now)
                for position, field in fields[:settings.max_signatures]]
     skipped = fields[settings.max_signatures:]
