@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from .message import field_name
+from .message import Message, field_name
 
 SIMPLE = "simple"
 RELAXED = "relaxed"
@@ -319,13 +319,18 @@ class HeaderIndex:
 
     def __init__(self, headers: Sequence[tuple[bytes, bytes]],
                  positions: dict[bytes, list[int]] | None = None) -> None:
-        """``positions``: the index :class:`~authfilter.message.Message` built already."""
+        """``positions``: the index a :class:`Message` built already (see :meth:`of`)."""
         self.headers = headers
         if positions is None:
             positions = {}
             for i, (name, _) in enumerate(headers):
                 positions.setdefault(field_name(name), []).append(i)
         self._positions = positions
+
+    @classmethod
+    def of(cls, message: Message) -> "HeaderIndex":
+        """The index of a parsed message, on the positions it already holds."""
+        return cls(message.headers, message.positions)
 
     def positions(self, name: bytes) -> list[int]:
         """Indexes of the fields called ``name`` (lower-case), top to bottom."""

@@ -186,7 +186,7 @@ class _Checker:
         self.now = now
         self.min_rsa_bits = min_rsa_bits
         self.sets = sets
-        self.index = HeaderIndex(message.headers, message.positions)
+        self.index = HeaderIndex.of(message)
         self.bodies = bodies
 
     def check_message_signature(self, instance: int) -> None:

@@ -68,7 +68,7 @@ def verify_signatures(message: Message, keys: Mapping[str, DnsAnswer], settings:
     fields = signature_fields(message)
     if not fields:
         return ()
-    index = HeaderIndex(message.headers, message.positions)
+    index = HeaderIndex.of(message)
     bodies = bodies or BodyHashes(message.body)
     results = [_verify_one(position, field, index, bodies, keys, settings, now)
                for position, field in fields[:settings.max_signatures]]

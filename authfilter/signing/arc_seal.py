@@ -110,7 +110,7 @@ class ArcSealer:
         ams_tags = common + [(b"bh", base64.b64encode(
                                  dkimcore.BodyHashes(message.body).hash(dkimcore.RELAXED, "sha256"))),
                              (b"c", b"relaxed/relaxed"), (b"h", b":".join(names))]
-        selected = dkimcore.HeaderIndex(message.headers, message.positions).select(n.decode("ascii") for n in names)
+        selected = dkimcore.HeaderIndex.of(message).select(n.decode("ascii") for n in names)
         ams = (AMS, self._signed_value(AMS, ams_tags, selected))
 
         # s. 5.1.1: the seal covers every set, oldest first, AAR, AMS, AS each; s. 5.1.2: after

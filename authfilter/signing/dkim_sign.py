@@ -116,7 +116,7 @@ class Signer:
                                   skipped=f"no active key for {pattern}")
         timestamp = int(time.time() if now is None else now)
         names = self.policy.names(message.headers)
-        selected = dkimcore.HeaderIndex(message.headers, message.positions).select(n.decode("ascii") for n in names)
+        selected = dkimcore.HeaderIndex.of(message).select(n.decode("ascii") for n in names)
         signed_part = b"".join(dkimcore.canonicalize_header(name, value, self.header_canon)
                                for name, value in selected)       # the same for every key
         body_hash = base64.b64encode(
