@@ -12,7 +12,9 @@ One asynchronous resolver per process (dnspython underneath) with
 * coalescing: identical lookups in flight share one query;
 * one mapping of DNS outcomes to the words the RFCs use, in :class:`DnsAnswer.status`.
 
-The checks never see dnspython exceptions: they get a :class:`DnsAnswer`.
+The checks never see dnspython exceptions: they get a :class:`DnsAnswer`.  They need only
+what :class:`DnsClient` describes; :class:`StaticResolver` is a resolver whose answers come
+from a mapping, for tests.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping, Protocol, runtime_checkable
 
 import dns.asyncresolver
 import dns.exception
@@ -110,12 +112,42 @@ def normalize_name(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
 
+@runtime_checkable
+class DnsClient(Protocol):
+    """What the checks use of a resolver; :class:`Resolver` and :class:`StaticResolver` are two.
+
+    ``remember``/``recall`` keep a result derived from cached answers for as long as those
+    answers stay cached (see :meth:`Resolver.remember`).
+    """
+
+    async def query(self, name: str, rdtype: str, *, deadline: float | None = None) -> DnsAnswer: ...
+
+    def peek(self, name: str, rdtype: str) -> DnsAnswer | None: ...
+
+    def remember(self, key: tuple, value: object, names: Iterable[tuple[str, str]]) -> None: ...
+
+    def recall(self, key: tuple) -> object | None: ...
+
+
 class Resolver:
     """Asynchronous, caching, coalescing DNS resolver (see module docstring)."""
 
     def __init__(self, nameservers: Iterable[str] = (), *, timeout: float = 2.0,
                  lifetime: float = 5.0, cache_size: int = 50_000, max_ttl: int = 86_400,
                  negative_ttl: int = 900, failure_ttl: int = 5) -> None:
+        self.nameservers = self._setup_network(nameservers, timeout, lifetime)
+        self.lifetime = lifetime
+        self.cache_size = cache_size
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self.failure_ttl = failure_ttl
+        self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._derived: OrderedDict[tuple, tuple[float, object]] = OrderedDict()
+        self.stats = ResolverStats()
+
+    def _setup_network(self, nameservers: Iterable[str], timeout: float, lifetime: float) -> list[str]:
+        """Configure the dnspython resolver :meth:`_ask` uses; the servers as shown to people."""
         servers = [parse_nameserver(s) for s in nameservers]
         if servers:
             self._dns = dns.asyncresolver.Resolver(configure=False)
@@ -129,16 +161,7 @@ class Resolver:
         self._dns.timeout = timeout
         self._dns.lifetime = lifetime
         self._dns.cache = None                                   # ours is cheaper and TTL-exact
-        self.nameservers = [f"{h}:{p}" for h, p in servers] or [str(n) for n in self._dns.nameservers]
-        self.lifetime = lifetime
-        self.cache_size = cache_size
-        self.max_ttl = max_ttl
-        self.negative_ttl = negative_ttl
-        self.failure_ttl = failure_ttl
-        self._cache: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
-        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
-        self._derived: OrderedDict[tuple, tuple[float, object]] = OrderedDict()
-        self.stats = ResolverStats()
+        return [f"{h}:{p}" for h, p in servers] or [str(n) for n in self._dns.nameservers]
 
     # -- cache ---------------------------------------------------------------------------
     def peek(self, name: str, rdtype: str) -> DnsAnswer | None:
@@ -235,11 +258,19 @@ class Resolver:
         return answer
 
     async def _lookup(self, name: str, rdtype: str, budget: float) -> DnsAnswer:
+        """One cache miss: the name checked, the question asked, a failure counted."""
         self.stats.queries += 1
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException as exc:
             return DnsAnswer(name, rdtype, PERMERROR, reason=f"bad name {name!r}: {exc}")
+        answer = await self._ask(name, qname, rdtype, budget)
+        if answer.status == TEMPERROR:
+            self.stats.failures += 1
+        return answer
+
+    async def _ask(self, name: str, qname: dns.name.Name, rdtype: str, budget: float) -> DnsAnswer:
+        """The network step: ask the nameservers, within ``budget`` seconds."""
         try:
             ans = await self._dns.resolve(qname, rdtype, search=False, raise_on_no_answer=False,
                                           lifetime=budget)
@@ -249,19 +280,12 @@ class Resolver:
         except dns.resolver.YXDOMAIN:
             return DnsAnswer(name, rdtype, PERMERROR, reason="name too long after DNAME")
         except dns.exception.Timeout:
-            self.stats.failures += 1
-            # Only a lookup that had its whole lifetime says the zone is unreachable.
-            ttl = self.failure_ttl if budget >= self.lifetime else 0
-            return DnsAnswer(name, rdtype, TEMPERROR, ttl=ttl,
-                             reason=f"DNS timeout looking up {name} {rdtype}")
+            return self._timed_out(name, rdtype, budget)
         except dns.resolver.NoNameservers as exc:         # SERVFAIL, REFUSED from every server
-            self.stats.failures += 1
             return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl, reason=_short(exc))
         except dns.exception.DNSException as exc:         # malformed replies and the like
-            self.stats.failures += 1
             return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl, reason=_short(exc))
         except OSError as exc:                            # network unreachable
-            self.stats.failures += 1
             return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl,
                              reason=f"network error: {exc}")
         ttl = max(0, round(ans.expiration - time.time()))
@@ -270,6 +294,11 @@ class Resolver:
         records = tuple(_convert(rdtype, rd) for rd in ans.rrset)
         canonical = None if ans.canonical_name == qname else normalize_name(ans.canonical_name.to_text())
         return DnsAnswer(name, rdtype, OK, records, canonical, min(ttl, self.max_ttl))
+
+    def _timed_out(self, name: str, rdtype: str, budget: float) -> DnsAnswer:
+        # Only a lookup that had its whole lifetime says the zone is unreachable.
+        ttl = self.failure_ttl if budget >= self.lifetime else 0
+        return DnsAnswer(name, rdtype, TEMPERROR, ttl=ttl, reason=f"DNS timeout looking up {name} {rdtype}")
 
     def _negative_ttl(self, exc: dns.resolver.NXDOMAIN, qname: dns.name.Name) -> int:
         """RFC 2308 section 5: min(SOA TTL, SOA MINIMUM) from the authority section."""
@@ -298,3 +327,95 @@ def _convert(rdtype: str, rd) -> object:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+_TIMEOUT = "timeout"
+_STATUS_WORDS = {"nxdomain": NXDOMAIN, "servfail": TEMPERROR, "temperror": TEMPERROR,
+                 "timeout": _TIMEOUT}
+_MAX_CNAME_CHAIN = 16
+
+
+class StaticResolver(Resolver):
+    """A :class:`Resolver` that answers from a mapping instead of the network, for tests.
+
+    Only the network step (:meth:`_ask`) differs: caching (every answer has ``ttl``, capped
+    like real ones), coalescing, ``peek``, ``remember``/``recall``, deadlines, bad names and
+    ``stats`` (``stats.queries`` counts the cache misses) are the resolver's own.
+
+    ``records`` maps ``(name, type)`` (any case, trailing dot ignored) to a sequence of records
+    in the shapes :class:`DnsAnswer` documents (TXT ``str`` is encoded as UTF-8; an empty
+    sequence is NODATA), or to a status word: ``"nxdomain"``, ``"servfail"``/``"temperror"``
+    (failure, kept ``failure_ttl`` seconds) or ``"timeout"`` (answered at once, as the real
+    resolver answers when the lifetime has run out).  A question not in the mapping follows a
+    CNAME of its name; otherwise it is NODATA when the name, or a name below it, owns records
+    (RFC 8020: an empty non-terminal exists), else NXDOMAIN.
+    """
+
+    def __init__(self, records: Mapping[tuple[str, str], Iterable | str], *, ttl: int = 300,
+                 **options) -> None:
+        self.ttl = ttl
+        self._zone = {(normalize_name(name), rdtype.upper()): _static_value(rdtype.upper(), value)
+                      for (name, rdtype), value in records.items()}
+        super().__init__(**options)
+
+    def _setup_network(self, nameservers: Iterable[str], timeout: float, lifetime: float) -> list[str]:
+        return ["static answers"]
+
+    async def _ask(self, name: str, qname: dns.name.Name, rdtype: str, budget: float) -> DnsAnswer:
+        await asyncio.sleep(0)      # answers arrive later: identical questions meanwhile coalesce
+        owner = name
+        for _ in range(_MAX_CNAME_CHAIN):
+            value = self._zone.get((owner, rdtype))
+            alias = None if rdtype == "CNAME" else self._zone.get((owner, "CNAME"))
+            if value is not None or not (isinstance(alias, tuple) and alias):
+                break
+            owner = alias[0]
+        else:
+            return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl,
+                             reason=f"CNAME chain from {name} longer than {_MAX_CNAME_CHAIN}")
+        if value is None:
+            value = () if self._exists(owner) else NXDOMAIN
+        if value == _TIMEOUT:
+            return self._timed_out(name, rdtype, budget)
+        if value == TEMPERROR:
+            return DnsAnswer(name, rdtype, TEMPERROR, ttl=self.failure_ttl,
+                             reason=f"SERVFAIL (static answer) for {owner} {rdtype}")
+        if value == NXDOMAIN or not value:
+            status = NXDOMAIN if value else NODATA
+            return DnsAnswer(name, rdtype, status, ttl=min(self.ttl, self.negative_ttl),
+                             reason=status.upper())
+        return DnsAnswer(name, rdtype, OK, value, owner if owner != name else None,
+                         min(self.ttl, self.max_ttl))
+
+    def _exists(self, name: str) -> bool:
+        return any(isinstance(value, tuple) and (owner == name or owner.endswith("." + name))
+                   for (owner, _), value in self._zone.items())
+
+
+def _static_value(rdtype: str, value: Iterable | str) -> tuple | str:
+    """A record list in :class:`DnsAnswer` shapes, or the status a word stands for."""
+    if isinstance(value, str):
+        if value.lower() not in _STATUS_WORDS:
+            raise ValueError(f"{value!r}: give a list of {rdtype} records or one of "
+                             f"{', '.join(_STATUS_WORDS)}")
+        return _STATUS_WORDS[value.lower()]
+    if isinstance(value, bytes):
+        raise ValueError(f"{value!r}: give a list of {rdtype} records, e.g. [{value!r}]")
+    return tuple(_static_record(rdtype, record) for record in value)
+
+
+def _static_record(rdtype: str, record) -> object:
+    if rdtype == "TXT" and isinstance(record, (str, bytes)):
+        return record.encode() if isinstance(record, str) else record
+    if rdtype in ("A", "AAAA"):
+        address = ipaddress.ip_address(record)
+        if address.version == (4 if rdtype == "A" else 6):
+            return str(address)
+    elif rdtype == "MX":
+        preference, exchange = record
+        return (int(preference), normalize_name(exchange))
+    elif rdtype in ("PTR", "CNAME", "NS"):
+        return normalize_name(record)
+    elif rdtype != "TXT":
+        return record
+    raise ValueError(f"{record!r} is not a {rdtype} record")

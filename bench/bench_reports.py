@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from authfilter.reports.aggregate import Reporter, build_reports, period_start  # noqa: E402
+from authfilter.reports.backends import open_store  # noqa: E402
 from authfilter.reports.recorder import Recorder  # noqa: E402
 from authfilter.reports.rows import EvaluationRow  # noqa: E402
-from authfilter.reports.store import open_store  # noqa: E402
 from authfilter.results import (ArcResult, DkimResult, DmarcResult, SessionFacts,  # noqa: E402
                                 SpfResult, Verdict)
 

@@ -4,9 +4,10 @@ It reads what receivers read (every lookup through our :class:`~authfilter.dns.R
 ``--dns`` and the config's nameservers apply and a dead server is one clear line) and prints
 one line per finding, OK / WARN / FAIL, with the problem and how to fix it:
 
-* **SPF** (RFC 7208): exactly one ``v=spf1`` record, its syntax, the DNS-querying terms of the
-  whole include/redirect tree (at most 10) and void lookups (at most 2), s. 4.6.4, and the
-  ``all`` it ends with.  The count is static: every term a message matching nothing needs.
+* **SPF** (RFC 7208): exactly one ``v=spf1`` record, its syntax (:mod:`authfilter.spfrecord`),
+  the DNS-querying terms of the whole include/redirect tree (at most 10) and void lookups (at
+  most 2), s. 4.6.4, and the ``all`` it ends with.  The count is static: every term a message
+  matching nothing needs.
 * **DMARC** (RFC 9989): the policy a receiver finds by the DNS Tree Walk (shared with the filter,
   :mod:`authfilter.checks.dmarc`), the record's problems, and whether it enforces anything.
 * **Report destinations** (RFC 9990): ``rua``/``ruf`` mailto URIs, external destinations
@@ -21,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from ..spfrecord import (DNS_MECHANISMS, Mechanism, Modifier, cidr_problem, domain_spec_problem,
+                         domain_target, final_all, has_macro, ip_problem, parse_term, spf_records,
+                         terms)
 from .common import add_config_argument, load_config_or_exit
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -172,40 +175,6 @@ async def diagnose(domain: str, resolver, selectors: list[Selector]) -> list[Fin
 
 
 # -- SPF (RFC 7208) ---------------------------------------------------------------------------
-_MACRO = re.compile(r"%(?:\{[slodiphcrtv][0-9]*r?[.\-+,/_=]*\}|[%_-])", re.IGNORECASE)
-_TOPLABEL = re.compile(r"(?:[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9-]*[a-z0-9])\Z", re.IGNORECASE)
-_MODIFIER = re.compile(r"([a-z][a-z0-9._-]*)=(.*)\Z", re.IGNORECASE)
-_MECHANISM = re.compile(r"([+?~-]?)([a-z0-9]+)(.*)\Z", re.IGNORECASE)
-_DUAL_CIDR = re.compile(r"(?:/(\d+))?(?://(\d+))?\Z")
-
-
-def spf_records(txt_records) -> list[str]:
-    """RFC 7208 s. 4.5: the TXT records whose version section is exactly ``v=spf1``."""
-    out = []
-    for raw in txt_records:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if text[:6].lower() == "v=spf1" and (len(text) == 6 or text[6] == " "):
-            out.append(text)
-    return out
-
-
-def domain_spec_problem(spec: str) -> str | None:
-    """Syntax of a domain-spec (RFC 7208 s. 7.1): macro-string then a domain-end."""
-    if not spec:
-        return "empty domain"
-    without = _MACRO.sub("", spec)
-    if "%" in without:
-        return f"{spec!r} has an invalid macro (RFC 7208 s. 7.1)"
-    if any(not 0x21 <= ord(c) <= 0x7e for c in without):
-        return f"{spec!r} has characters a domain-spec cannot hold"
-    if _MACRO.search(spec.rstrip(".").rsplit(".", 1)[-1]):
-        return None                                 # domain-end is a macro
-    labels = spec.rstrip(".").split(".")
-    if len(labels) < 2 or not _TOPLABEL.match(labels[-1]):
-        return f"{spec!r} does not end in a domain name (RFC 7208 s. 7.1 domain-end)"
-    return None
-
-
 @dataclass
 class SpfWalk:
     """One walk over an SPF record and every record it includes or redirects to."""
@@ -219,19 +188,18 @@ class SpfWalk:
 
     async def record(self, domain: str, text: str, chain: tuple[str, ...]) -> None:
         where = f"{domain}: " if len(chain) > 1 else ""
-        terms = text.split()[1:]
         modifiers: dict[str, str] = {}
         has_all = False
-        for position, term in enumerate(terms):
-            mod = _MODIFIER.match(term)
-            if mod:                     # a name before "=" cannot hold the ":" of a mechanism
-                name = mod.group(1).lower()
+        for term in terms(text):
+            parsed = parse_term(term)
+            if isinstance(parsed, Modifier):
+                name = parsed.name
                 if name in ("redirect", "exp") and name in modifiers:
                     self.findings.fail("spf", f"{where}{name}= appears twice: receivers return "
                                        f"permerror (RFC 7208 s. 6)", f"keep one {name}=")
-                modifiers.setdefault(name, mod.group(2))
+                modifiers.setdefault(name, parsed.value)
                 if name in ("redirect", "exp"):
-                    problem = domain_spec_problem(mod.group(2))
+                    problem = domain_spec_problem(parsed.value)
                     if problem:
                         self.findings.fail("spf", f"{where}{name}=: {problem}")
                 continue
@@ -239,56 +207,51 @@ class SpfWalk:
                 self.findings.warn("spf", f"{where}{term!r} comes after 'all' and is never used "
                                    f"(RFC 7208 s. 5.1)", "remove it or move it before all")
                 continue
-            has_all = await self.mechanism(domain, term, chain, where) or has_all
+            has_all = await self.mechanism(domain, term, parsed, chain, where) or has_all
         redirect = modifiers.get("redirect")
         if redirect and has_all:
             self.findings.warn("spf", f"{where}redirect={redirect} is ignored because the record "
                                f"has 'all' (RFC 7208 s. 6.1)", "remove one of them")
-        elif redirect and not _MACRO.search(redirect):
+        elif redirect and not has_macro(redirect):
             self.lookups += 1
             await self.follow(redirect, chain, "redirect", where)
 
-    async def mechanism(self, domain: str, term: str, chain: tuple[str, ...], where: str) -> bool:
-        """Check one mechanism; ``True`` when it is ``all``."""
-        m = _MECHANISM.match(term)
-        name = m.group(2).lower() if m else ""
-        rest = m.group(3) if m else term
-        if name == "all" and not rest:
+    async def mechanism(self, domain: str, term: str, m: Mechanism, chain: tuple[str, ...],
+                        where: str) -> bool:
+        """Check one mechanism, ``term`` as written; ``True`` when it is ``all``."""
+        if m.is_all:
             return True
-        if name in ("ip4", "ip6"):
-            problem = _ip_problem(name, rest)
+        if m.name in ("ip4", "ip6"):
+            problem = ip_problem(m.name, m.rest)
             if problem:
                 self.findings.fail("spf", f"{where}{term!r}: {problem}; receivers return permerror",
                                    "fix the address or network")
             return False
-        if name not in ("include", "a", "mx", "ptr", "exists"):
+        if m.name not in DNS_MECHANISMS:
             self.findings.fail("spf", f"{where}unknown or malformed term {term!r}: receivers return "
                                f"permerror (RFC 7208 s. 4.6.1, 5)", "correct or remove it")
             return False
-        target, cidr = rest, ""
-        if name in ("a", "mx"):
-            cidr_at = re.search(r"/\d*(?://\d*)?\Z|//\d*\Z", rest)
-            if cidr_at:
-                target, cidr = rest[:cidr_at.start()], rest[cidr_at.start():]
-        if target and not target.startswith(":") or (name in ("include", "exists") and not target):
+        target = domain_target(m)
+        if target is None:
             self.findings.fail("spf", f"{where}malformed term {term!r}: receivers return permerror "
-                               f"(RFC 7208 s. 4.6.1)", f"write {name}:DOMAIN")
+                               f"(RFC 7208 s. 4.6.1)", f"write {m.name}:DOMAIN")
             return False
-        spec = target[1:] if target else domain
-        problem = domain_spec_problem(spec) or _cidr_problem(cidr)
+        spec, cidr = target
+        spec = domain if spec is None else spec
+        problem = domain_spec_problem(spec) or cidr_problem(cidr)
         if problem:
             self.findings.fail("spf", f"{where}{term!r}: {problem}; receivers return permerror")
             return False
         self.lookups += 1
-        if name == "ptr":
+        if m.name == "ptr":
             self.findings.warn("spf", f"{where}'ptr' is slow and unreliable; RFC 7208 s. 5.5 says "
                                f"it SHOULD NOT be used", "list the addresses with ip4:/ip6: instead")
             return False
-        if _MACRO.search(spec):
+        if has_macro(spec):
             return False                # depends on the message: cannot be looked up here
-        if name == "include":
+        if m.name == "include":
             await self.follow(spec, chain, "include", where)
-        elif name == "mx":
+        elif m.name == "mx":
             await self.mx(spec, where)
         else:
             await self.addresses(spec, where)
@@ -339,29 +302,6 @@ class SpfWalk:
         await self.record(target, records[0], chain + (target,))
 
 
-def _ip_problem(kind: str, rest: str) -> str | None:
-    if not rest.startswith(":"):
-        return f"{kind} needs :ADDRESS"
-    address, _, length = rest[1:].partition("/")
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return f"{address!r} is not an IP address"
-    if (ip.version == 4) != (kind == "ip4"):
-        return f"{address} is not an IPv{kind[-1]} address"
-    if length and (not length.isdigit() or int(length) > ip.max_prefixlen or
-                   (len(length) > 1 and length[0] == "0")):
-        return f"/{length} is not a valid prefix length"
-    return None
-
-
-def _cidr_problem(cidr: str) -> str | None:
-    m = _DUAL_CIDR.match(cidr)
-    if not m or (m.group(1) and int(m.group(1)) > 32) or (m.group(2) and int(m.group(2)) > 128):
-        return f"bad prefix length {cidr!r}"
-    return None
-
-
 async def check_spf(domain: str, resolver, deadline: float, findings: Findings) -> None:
     answer = await resolver.query(domain, "TXT", deadline=deadline)    # cached by diagnose()
     records = spf_records(answer.records) if answer.ok else []
@@ -385,7 +325,7 @@ async def check_spf(domain: str, resolver, deadline: float, findings: Findings) 
     if walk.void > SPF_VOID_LIMIT:
         findings.fail("spf", f"{limits}: more than {SPF_VOID_LIMIT} lookups find nothing, so receivers "
                       f"return permerror (RFC 7208 s. 4.6.4)", "remove the terms naming missing hosts")
-    qualifier = _final_all(records[0])
+    qualifier = final_all(records[0])
     if qualifier == "+":
         findings.fail("spf", "the record ends in +all: every server on the internet may send as "
                       f"{domain}", "end it with -all (or ~all while testing)")
@@ -394,14 +334,6 @@ async def check_spf(domain: str, resolver, deadline: float, findings: Findings) 
                       "neutral, not fail", "end it with -all")
     if not any(f.level == FAIL for f in findings.items):
         findings.ok("spf", f"{records[0]!r}: {limits}")
-
-
-def _final_all(record: str) -> str | None:
-    for term in record.split()[1:]:
-        m = _MECHANISM.match(term)
-        if m and m.group(2).lower() == "all" and not m.group(3):
-            return m.group(1) or "+"
-    return None
 
 
 # -- DMARC (RFC 9989) and report destinations (RFC 9990) -----------------------------------------

@@ -96,7 +96,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _open(config):
-    from ..reports.store import open_store
+    from ..reports.backends import open_store
     return open_store(config.reports.store)
 
 

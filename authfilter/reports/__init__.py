@@ -5,6 +5,7 @@
   the SMTP path is this and a deque append);
 * :mod:`.recorder` buffers rows and writes them in batches from a background thread;
 * :mod:`.store`, :mod:`.sqlite`, :mod:`.postgres`: the store, schema created and upgraded here;
+  :mod:`.backends` opens the one a URL names;
 * :mod:`.aggregate` groups rows into reports and writes the XML;
 * :mod:`.destinations` reads ``rua`` URIs and checks external destinations (RFC 9990
   "Verifying External Destinations");

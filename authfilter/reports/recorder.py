@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 from ..config import Config
 from ..results import SessionFacts, Verdict
 from .rows import DISPOSITIONS, EvaluationRow, row_from_verdict
-from .store import Store, open_store
+from .backends import open_store
+from .store import Store
 
 log = logging.getLogger("authfilter.reports")
 

@@ -1,4 +1,5 @@
-"""The report store: one interface, SQLite (default) and PostgreSQL (several nodes, one store).
+"""The report store: one interface, SQLite (default) and PostgreSQL (several nodes, one store);
+:func:`~.backends.open_store` opens the one a URL names.
 
 Both speak the same SQL (written with ``?`` placeholders; the PostgreSQL store translates
 them), so the logic lives here once and the subclasses only connect, lock and translate.
@@ -14,10 +15,8 @@ Tables (schema version in ``authfilter_schema``, created and upgraded by :meth:`
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .rows import EvaluationRow
@@ -311,35 +310,3 @@ class Store:
                      "FROM dmarc_reports WHERE period_begin >= ? ORDER BY 1, 2",
                 (since,)).fetchall()]
 
-
-def default_store_url() -> str:
-    """Where the reports live when the config does not say: systemd's ``StateDirectory``,
-    else /var/lib/authfilter when we may write there, else the user's state directory — so
-    that a newcomer without root gets a working store."""
-    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state:
-        return f"sqlite://{Path(state).resolve() / 'reports.sqlite'}"
-    system = Path("/var/lib/authfilter")
-    if os.access(system if system.exists() else system.parent, os.W_OK):
-        return f"sqlite://{system / 'reports.sqlite'}"
-    user = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return f"sqlite://{user.resolve() / 'authfilter' / 'reports.sqlite'}"
-
-
-def open_store(url: str = "") -> Store:
-    """Open (and create or upgrade) the store at ``url``; ``""`` is :func:`default_store_url`."""
-    url = url or default_store_url()
-    if url.startswith("sqlite://"):
-        from .sqlite import SqliteStore
-        store: Store = SqliteStore(url)
-    elif url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-        store = PostgresStore(url)
-    else:
-        raise StoreError(f"{url!r}: the report store is sqlite:///PATH or postgresql://...")
-    try:
-        store.migrate()
-    except BaseException:
-        store.close()
-        raise
-    return store

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from authfilter.reports.store import open_store
+from authfilter.reports.backends import open_store
 from tests.e2e.stack import Authfilter, Postfix, free_port, postfix_unusable
 from tests.mailtools import dkim_key, header_fields, message, publish_domain, signed
 from tests.smtpsink import SmtpSink

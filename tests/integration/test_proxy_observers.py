@@ -7,8 +7,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from authfilter.reports.backends import open_store
 from authfilter.reports.recorder import Recorder
-from authfilter.reports.store import open_store
 from tests.integration.test_proxy import send
 from tests.mailtools import message, publish_domain, signed
 

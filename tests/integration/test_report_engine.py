@@ -13,8 +13,8 @@ from lxml import etree
 
 from authfilter.config import Config
 from authfilter.reports.aggregate import Reporter, build_reports, period_start
+from authfilter.reports.backends import open_store
 from authfilter.reports.recorder import Recorder
-from authfilter.reports.store import open_store
 from tests.conftest import testdata as conformance_file
 from tests.integration.test_report_fixtures import (  # noqa: F401  (fixtures)
     evaluate_mail, pg_url, sqlite_url, store_url)

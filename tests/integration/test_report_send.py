@@ -18,9 +18,9 @@ from authfilter import config as config_mod
 from authfilter.cli import main
 from authfilter.dns import Resolver
 from authfilter.reports.aggregate import period_start
+from authfilter.reports.backends import open_store
 from authfilter.reports.rows import EvaluationRow
 from authfilter.reports.sender import Relay, RelaySettings, ReportSender
-from authfilter.reports.store import open_store
 from tests.integration.test_report_engine import DAY, WHEN, expected_counts, record_all
 from tests.integration.test_report_fixtures import (  # noqa: F401  (fixtures)
     PASSWORD, USER, evaluate_mail, pg_url, smtp_sink, sqlite_url, store_url)

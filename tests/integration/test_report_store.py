@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
+from authfilter.reports.backends import default_store_url, open_store
 from authfilter.reports.rows import EvaluationRow
-from authfilter.reports.store import (PENDING, SCHEMA_VERSION, SENT, StoreError,
-                                      default_store_url, open_store)
+from authfilter.reports.store import PENDING, SCHEMA_VERSION, SENT, StoreError
 from tests.integration.test_report_fixtures import pg_url, sqlite_url, store_url  # noqa: F401
 
 ROW = EvaluationRow(1000, "example.com", "example.com", "example.com", "example.com", "",

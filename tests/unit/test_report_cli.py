@@ -8,8 +8,8 @@ import pytest
 
 from authfilter.cli import main
 from authfilter.commands.report import parse_time
+from authfilter.reports.backends import open_store
 from authfilter.reports.rows import EvaluationRow
-from authfilter.reports.store import open_store
 
 DAY = 86400
 BEGIN = parse_time("2026-05-04")

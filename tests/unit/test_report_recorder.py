@@ -8,7 +8,8 @@ import time
 
 from authfilter.policy import Action
 from authfilter.reports.recorder import Recorder
-from authfilter.reports.store import StoreError, open_store
+from authfilter.reports.backends import open_store
+from authfilter.reports.store import StoreError
 from tests.unit.test_report_rows import FACTS, verdict
 
 
