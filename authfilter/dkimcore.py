@@ -412,6 +412,14 @@ class BodyHashes:
             value = self._hashes[key] = hasher.digest()
         return value
 
+    def computed(self) -> dict[tuple[str, int | None, str], bytes]:
+        """The hashes computed so far (small and picklable: what a worker process sends back)."""
+        return dict(self._hashes)
+
+    def learn(self, hashes: dict[tuple[str, int | None, str], bytes]) -> None:
+        """Take hashes another process computed over the same body."""
+        self._hashes.update(hashes)
+
 
 # -- signature fields -------------------------------------------------------------------------
 DKIM = "dkim"          # DKIM-Signature (RFC 6376 section 3.5)

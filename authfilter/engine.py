@@ -43,22 +43,26 @@ def resolver_from_config(config: Config) -> Resolver:
 
 
 def verify_crypto(message: Message, keys: Mapping[str, DnsAnswer], config: Config,
-                  now: float) -> tuple[tuple[DkimResult, ...], ArcResult]:
-    """All the CPU work of one message, no I/O: picklable in and out, so it can run in a
-    worker process."""
-    bodies = BodyHashes(message.body)           # a relaxed body hash serves DKIM and ARC alike
+                  now: float, bodies: BodyHashes | None = None
+                  ) -> tuple[tuple[DkimResult, ...], ArcResult]:
+    """All the CPU work of one message, no I/O.  ``bodies`` (the message body's hashes, shared
+    by DKIM, ARC and then our own ARC seal) is made here when not given."""
+    bodies = bodies or BodyHashes(message.body)
     dkim_results = dkim.verify_signatures(message, keys, config.dkim, now, bodies)
     arc_result = arc.validate_chain(message, keys, now, config.dkim.min_rsa_bits, bodies) \
         if config.arc.enabled else ArcResult("none", reason="ARC validation disabled")
     return dkim_results, arc_result
 
 
-def verify_crypto_of_raw(raw: bytes, keys: Mapping[str, DnsAnswer], config: Config,
-                         now: float) -> tuple[tuple[DkimResult, ...], ArcResult]:
+def verify_crypto_of_raw(raw: bytes, keys: Mapping[str, DnsAnswer], config: Config, now: float
+                         ) -> tuple[tuple[DkimResult, ...], ArcResult, dict]:
     """:func:`verify_crypto` for a worker process: only the raw bytes cross the process
-    boundary (pickling a parsed Message would copy the message twice).  ``raw`` is a
-    :class:`Message`'s, so its line ends are CRLF already."""
-    return verify_crypto(Message.parse(raw, crlf_only=True), keys, config, now)
+    boundary (pickling a parsed Message would copy the message twice), and only the body
+    hashes computed come back.  ``raw`` is a :class:`Message`'s, so its line ends are CRLF."""
+    message = Message.parse(raw, crlf_only=True)
+    bodies = BodyHashes(message.body)
+    dkim_results, arc_result = verify_crypto(message, keys, config, now, bodies)
+    return dkim_results, arc_result, bodies.computed()
 
 
 def _always() -> bool:
@@ -117,8 +121,11 @@ class Engine:
                                            spf=spf, now=now)
 
     async def evaluate_message(self, facts: SessionFacts, message: Message, *,
-                               spf: asyncio.Future | None = None, now: float | None = None) -> Verdict:
-        """:meth:`evaluate` for a message the caller has parsed (and uses too)."""
+                               spf: asyncio.Future | None = None, now: float | None = None,
+                               bodies: BodyHashes | None = None) -> Verdict:
+        """:meth:`evaluate` for a message the caller has parsed (and uses too); ``bodies``
+        receives the body hashes computed, for the caller's ARC seal."""
+        bodies = bodies or BodyHashes(message.body)
         deadline = self.deadline()
         now = time.time() if now is None else now
         spf_task = spf if spf is not None else asyncio.ensure_future(self.check_spf(facts, deadline))
@@ -133,10 +140,11 @@ class Engine:
 
         if self.executor is not None and len(message.raw) >= OFFLOAD_BYTES and self.loop_shared():
             loop = asyncio.get_running_loop()
-            dkim_results, arc_result = await loop.run_in_executor(
+            dkim_results, arc_result, hashes = await loop.run_in_executor(
                 self.executor, verify_crypto_of_raw, message.raw, keys, self.config, now)
+            bodies.learn(hashes)
         else:
-            dkim_results, arc_result = verify_crypto(message, keys, self.config, now)
+            dkim_results, arc_result = verify_crypto(message, keys, self.config, now, bodies)
 
         spf_result, helo_result = await spf_task
         discovery = await discovery_task

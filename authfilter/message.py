@@ -99,3 +99,85 @@ def field_name(name: bytes) -> bytes:
 def unfold(value: bytes) -> bytes:
     """A header value with folding CRLFs removed and outer whitespace stripped (RFC 5322 s. 2.2.3)."""
     return value.replace(b"\r\n", b"").strip(b" \t")
+
+
+# -- edits --------------------------------------------------------------------------------
+HeaderField = tuple[str, str]
+"""``(name, value)`` of a field we add: ``value`` is what follows ``name: `` (no leading space),
+folded with CRLF + WSP where it is long, without the final CRLF.  Every writer renders it as
+``name: value CRLF`` (:func:`render_fields`), which is also what our signatures hash."""
+
+
+def render_fields(fields: Iterable[HeaderField]) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode("utf-8") for name, value in fields)
+
+
+def split_field(field_bytes: bytes) -> HeaderField:
+    """``b"Name: value\\r\\n"`` (as our signers make them) -> ``("Name", "value")``."""
+    name, _, value = field_bytes.partition(b":")
+    return name.decode("ascii"), value.removeprefix(b" ").removesuffix(b"\r\n").decode("utf-8")
+
+
+def removal_of(message: Message, indexes: Iterable[int]) -> list[tuple[str, int]]:
+    """``(field name, 1-based index among the fields of that name)`` of the fields at
+    ``indexes`` of ``message.headers``: the form a milter's SMFIR_CHGHEADER takes, and a
+    proxy applies with :func:`remove_from_head`.  Highest index of a name first, so that a
+    receiver applying them one after the other does not shift the ones still to come."""
+    out = []
+    for i in indexes:
+        name = message.headers[i][0]
+        nth = message.positions[field_name(name)].index(i) + 1
+        out.append((name.rstrip(b" \t").decode("ascii"), nth))
+    return sorted(out, key=lambda r: (r[0].lower(), -r[1]))
+
+
+def remove_from_head(head: bytes, remove: Iterable[tuple[str, int]]) -> bytes:
+    """The header block ``head`` (CRLF lines) without the fields ``remove`` names, each with
+    its continuation lines; every other line, even one that is not a field, is kept as it is.
+    Fields are counted per name as :meth:`Message.parse` counts them."""
+    doomed: dict[bytes, set[int]] = {}
+    for name, nth in remove:
+        doomed.setdefault(name.lower().encode("ascii"), set()).add(nth)
+    if not doomed:
+        return head
+    seen: dict[bytes, int] = {}
+    out: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        m = _FIELD_LINE.match(line)
+        dropping = False
+        if m is not None:
+            name = field_name(m.group(1))
+            seen[name] = seen.get(name, 0) + 1
+            dropping = seen[name] in doomed.get(name, ())
+        if not dropping:
+            out.append(line)
+    return b"".join(line + b"\r\n" for line in out)
+
+
+def with_fields_on_top(message: Message, fields: Iterable[HeaderField]) -> Message:
+    """``message`` with ``fields`` inserted at the top (the same object when none)."""
+    top = render_fields(fields)
+    if not top:
+        return message
+    head = Message.parse(top + message.raw[:message.header_length], crlf_only=True)
+    return Message(top + message.raw, head.headers, message.body, len(top) + message.header_length,
+                   list(message.errors), head.positions)
+
+
+def without_fields(message: Message, indexes: Iterable[int]) -> Message:
+    """``message`` without the header fields at ``indexes`` (the same object when none)."""
+    gone = set(indexes)
+    if not gone:
+        return message
+    head = remove_from_head(message.raw[:message.header_length], removal_of(message, gone))
+    kept = [h for i, h in enumerate(message.headers) if i not in gone]
+    positions: dict[bytes, list[int]] = {}
+    for i, (name, _) in enumerate(kept):
+        positions.setdefault(field_name(name), []).append(i)
+    return Message(head + message.body, kept, message.body, len(head), list(message.errors),
+                   positions)

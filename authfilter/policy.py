@@ -36,7 +36,8 @@ from typing import Literal
 
 from . import config as config_mod
 from .config import Config, PolicyConfig, setting
-from .results import IPAddress, SessionFacts, Verdict
+from .message import HeaderField
+from .results import IPAddress, SessionFacts, SmtpReply, Verdict
 
 ACCEPT, QUARANTINE, TEMPFAIL, REJECT = "accept", "quarantine", "tempfail", "reject"
 SEVERITY = {ACCEPT: 0, QUARANTINE: 1, TEMPFAIL: 2, REJECT: 3}
@@ -113,16 +114,16 @@ class PolicyRules:
 class Action:
     """What to do with one message.
 
-    ``reply`` is the SMTP reply for reject and tempfail; ``add_headers`` are complete header
-    fields (CRLF-terminated) to add below our Authentication-Results; ``override`` is the
+    ``reply`` is the SMTP reply for reject and tempfail; ``add_fields`` are header fields to
+    add below our Authentication-Results (the quarantine mark); ``override`` is the
     RFC 9990 reason when local policy departed from the domain's DMARC disposition;
     ``would_be`` is the action dry-run mode did not take.
     """
 
-    kind: str
+    kind: ActionWord
     reason: str
-    reply: bytes | None = None
-    add_headers: bytes = b""
+    reply: SmtpReply | None = None
+    add_fields: tuple[HeaderField, ...] = ()
     override: str | None = None
     would_be: str | None = None
 
@@ -163,12 +164,12 @@ _REPLIES = {
 }
 
 
-def smtp_reply(kind: str, cause: str, domain: str, reason: str) -> bytes:
-    """``550 5.7.26 ...`` for reject, ``451 4.x.y ...`` for tempfail."""
+def smtp_reply(kind: str, cause: str, domain: str, reason: str) -> SmtpReply:
+    """``550 5.7.26 ...`` for reject, ``451 4.x.y ...`` for tempfail (ASCII, one line)."""
     enhanced, template = _REPLIES[cause]
     text = template.format(domain=domain or "the sender's domain", reason=_one_line(reason, 120))
     code, cls = (550, 5) if kind == REJECT else (451, 4)
-    return f"{code} {cls}.{enhanced} {text}\r\n".encode("ascii", "replace")
+    return SmtpReply(code, f"{cls}.{enhanced} {text}".encode("ascii", "replace").decode("ascii"))
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -245,9 +246,8 @@ class Policy:
         if kind == ACCEPT:
             return Action(ACCEPT, reason, override=override)
         if kind == QUARANTINE:
-            value = _one_line(reason, 400)
             return Action(QUARANTINE, reason,
-                          add_headers=f"{self.quarantine_header}: {value}\r\n".encode("ascii"),
+                          add_fields=((self.quarantine_header, _one_line(reason, 400)),),
                           override=override)
         return Action(kind, reason, smtp_reply(kind, outcome.cause, outcome.domain, reason),
                       override=override)

@@ -8,17 +8,37 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Role = Literal["inbound", "submission", "local"]
+"""What a listener does with mail: ``inbound`` verifies and acts; ``submission`` signs (mail
+of our own users); ``local`` signs locally submitted mail (Postfix ``non_smtpd_milters``) and
+never refuses it."""
+ROLES: tuple[Role, ...] = ("inbound", "submission", "local")
+
+
+class SmtpReply(NamedTuple):
+    """An SMTP reply we give: ``(550, "5.7.26 text")``; the text carries the RFC 3463 code."""
+
+    code: int
+    text: str
+
+    def to_bytes(self) -> bytes:
+        return f"{self.code} {self.text}\r\n".encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
 class SessionFacts:
-    """What the SMTP session tells us about a message (RFC 5321 envelope and client).
+    """What the front-end tells us about a message (RFC 5321 envelope and client).
 
     ``mail_from`` is the reverse-path without angle brackets; ``""`` is the null sender and
     ``None`` means "not given" (e.g. ``authfilter check`` without ``--mail-from``).
+    ``client_ip`` may be given as text.  ``trusted``: the caller vouches for the client (an
+    embedder's authenticated user; the proxy, for a client Postfix could not name);
+    :meth:`authfilter.pipeline.Pipeline.begin` also marks clients in
+    ``policy.trusted_networks``.  ``role`` says what is done with the message
+    (:data:`Role`).
     """
 
     client_ip: IPAddress
@@ -26,12 +46,22 @@ class SessionFacts:
     mail_from: str | None = None
     recipients: tuple[str, ...] = ()
     trusted: bool = False
+    role: Role = "inbound"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.client_ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            object.__setattr__(self, "client_ip", ipaddress.ip_address(self.client_ip))
+        if not isinstance(self.recipients, tuple):
+            object.__setattr__(self, "recipients", tuple(self.recipients))
+        if self.role not in ROLES:
+            raise ValueError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
 
     @classmethod
     def create(cls, client_ip: str, helo: str | None = None, mail_from: str | None = None,
-               recipients: tuple[str, ...] | list[str] = (), trusted: bool = False) -> "SessionFacts":
+               recipients: tuple[str, ...] | list[str] = (), trusted: bool = False,
+               role: Role = "inbound") -> "SessionFacts":
         return cls(ipaddress.ip_address(client_ip), helo or None, mail_from,
-                   tuple(recipients), trusted)
+                   tuple(recipients), trusted, role)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from authfilter.config import Config, ListenerConfig
 from authfilter.dns import Resolver
+from authfilter.observers import MessageEvent
 from authfilter.smtp.server import ProxyServer
 
 
@@ -44,7 +45,7 @@ class ProxyThread:
             try:
                 resolver = Resolver([self.nameserver], timeout=0.5, lifetime=1.0)
                 self.server = ProxyServer(self.config, resolver=resolver,
-                                          observers=[lambda *a: self.observed.append(a)])
+                                          observers=[self._observe])
                 await self.server.start()
             except BaseException as exc:
                 self._error = exc
@@ -56,6 +57,10 @@ class ProxyThread:
 
         self.loop.run_until_complete(main())
         self.loop.close()
+
+    def _observe(self, e: MessageEvent) -> None:
+        """Each message's event, as (facts, verdict, action, upstream_reply, elapsed)."""
+        self.observed.append((e.facts, e.verdict, e.action, e.upstream_reply, e.elapsed))
 
     def start(self) -> "ProxyThread":
         self._thread.start()

@@ -1,4 +1,7 @@
-"""``authfilter check``: the verdict the filter would give a saved message, from the shell."""
+"""``authfilter check``: what the filter would do with a saved message, from the shell.
+
+The message goes through the same pipeline as in ``serve`` (trusted networks, allow-lists,
+policy, signing for ``--role submission``); nothing is logged, counted or recorded."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +10,7 @@ import ipaddress
 import json
 import sys
 
+from ..results import ROLES
 from .common import add_config_argument, load_config_or_exit, read_message
 
 
@@ -22,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--mail-from", dest="mail_from",
                    help="the MAIL FROM address ('' is the null sender)")
     p.add_argument("--rcpt", action="append", default=[], help="a recipient (repeatable)")
+    p.add_argument("--role", choices=ROLES, default="inbound",
+                   help="the listener's role: inbound (verify and act, the default), "
+                        "submission or local (sign)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("file", nargs="?", default="-", help="message file, or - for stdin (default)")
     p.set_defaults(func=run)
@@ -33,10 +40,10 @@ def _usage_error(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..authres import build_header, header_value
     from ..dns import parse_nameserver
-    from ..engine import Engine, resolver_from_config
+    from ..pipeline import Pipeline
     from ..results import SessionFacts
+    from ..runtime import Runtime
 
     config = load_config_or_exit(args.config)
     if args.dns:
@@ -58,23 +65,38 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
 
     facts = SessionFacts.create(args.ip, helo=args.helo, mail_from=args.mail_from,
-                                recipients=args.rcpt)
-    authserv_id = config.general.effective_authserv_id()
+                                recipients=args.rcpt, role=args.role)
 
-    async def evaluate():
-        engine = Engine(config, resolver_from_config(config))
-        return await engine.evaluate(facts, raw)
+    async def dispose():
+        tx = Pipeline(Runtime.build(config)).begin(facts)
+        try:
+            return await tx.finish(raw)
+        finally:
+            tx.abandon()
 
-    verdict = asyncio.run(evaluate())
+    d = asyncio.run(dispose())
+    added = "".join(f"{name}: {value}\n" for name, value in d.prepend).replace("\r\n", "\n")
     if args.json:
-        out = verdict.to_dict()
-        out["authentication_results"] = header_value(authserv_id, facts, verdict)
+        out = d.verdict.to_dict() if d.verdict is not None else {}
+        results = [v for n, v in d.prepend if n.lower() == "authentication-results"]
+        out["authentication_results"] = _unfolded(results[0]) if results else None
+        out["action"] = d.action
+        out["reason"] = d.decision.reason
+        out["reply"] = f"{d.reply.code} {d.reply.text}" if d.reply else None
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
         return 0
-    sys.stdout.write(build_header(authserv_id, facts, verdict).replace("\r\n", "\n"))
-    sys.stdout.write("\n" + summary(verdict))
+    sys.stdout.write(added)
+    if d.verdict is not None:
+        sys.stdout.write("\n" + summary(d.verdict))
+    sys.stdout.write(f"\nAction {d.action}: {d.decision.reason}"
+                     + (f"\nReply  {d.reply.code} {d.reply.text}" if d.reply else "") + "\n")
     return 0
+
+
+def _unfolded(value: str) -> str:
+    """A folded field value on one line (RFC 5322 s. 2.2.3), as the log writes it."""
+    return " ".join(part.strip() for part in value.split("\r\n"))
 
 
 def summary(verdict) -> str:

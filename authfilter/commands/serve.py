@@ -20,26 +20,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def worker_observers(config) -> list:
-    """Per-message hooks each worker process calls after replying to the client:
-    ``observer(facts, verdict, action, upstream_reply, elapsed)``.  Built inside every worker
-    (after the fork), so each holds its own store connection; the worker awaits their
-    ``start()`` and ``close()``.  Today: the DMARC report recorder and, when enabled, the
-    failure reporter (RFC 9991)."""
-    from ..reports.failure import FailureReporter
-    from ..reports.recorder import Recorder
-    recorder = Recorder.from_config(config)
-    observers: list = [recorder] if recorder.enabled else []
-    if config.reports.failure_enabled:
-        observers.append(FailureReporter(config))
-    return observers
-
-
 def run(args: argparse.Namespace) -> int:
     from ..memory import keep_freed_buffers
+    from ..observers import observers_from_config
     from ..smtp.supervisor import load_config, serve
 
     config = load_config_or_exit(args.config, load_config)
     logging.basicConfig(level=config.logging.level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     keep_freed_buffers()                    # before the workers fork: they inherit it
-    return serve(args.config, config, worker_observers)
+    return serve(args.config, config, observers_from_config)

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage, MIMEPart
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .. import __version__
 from ..authres import header_value
@@ -62,9 +62,13 @@ from ..config import Config
 from ..dmarcrecord import failure_options
 from ..dns import Resolver
 from ..engine import resolver_from_config
-from ..results import DkimResult, SessionFacts, Verdict
+from ..observers import MessageEvent
+from ..results import DkimResult, SessionFacts, SmtpReply, Verdict
 from .destinations import authorized, is_suppressed, parse_uris, within
 from .recorder import HeaderFields, is_dmarc_report
+
+if TYPE_CHECKING:
+    from ..policy import Action
 from .sender import DeliveryError, Relay, RelaySettings, from_address, reporter_from_config
 
 log = logging.getLogger("authfilter.reports.failure")
@@ -378,23 +382,21 @@ class Outgoing:
     attempts: int = 0
 
 
-def delivery_result(action: Any, upstream_reply: Any) -> str:
+def delivery_result(action: Action, upstream_reply: SmtpReply | None) -> str:
     """RFC 6591 s. 3 Delivery-Result from the action and the upstream's reply."""
-    kind = getattr(action, "kind", None)
+    kind = action.kind
     if kind == "reject":
         return "reject"
     if kind == "quarantine":
         return "spam"
-    code = getattr(upstream_reply, "code", None)
-    if kind == "accept" and isinstance(code, int) and 200 <= code < 300:
+    code = upstream_reply.code if upstream_reply is not None else None
+    if kind == "accept" and code is not None and 200 <= code < 300:
         return "delivered"
     return "other"
 
 
 class FailureReporter:
-    """The proxy observer: decides in the SMTP path (no I/O), reports in the background."""
-
-    wants_headers = True       # message_flow passes the header fields as ``headers=``
+    """The pipeline observer: decides in the SMTP path (no I/O), reports in the background."""
 
     def __init__(self, config: Config, *, resolver: Resolver | None = None,
                  redaction_key: bytes | None = None,
@@ -425,28 +427,27 @@ class FailureReporter:
         self.errors = 0            # observer calls that failed (never raised)
 
     # -- the SMTP path ----------------------------------------------------------------------
-    def __call__(self, facts: SessionFacts, verdict: Verdict | None, action: Any,
-                 upstream_reply: Any = None, elapsed: float | None = None, *,
-                 headers: HeaderFields | None = None) -> None:
-        if not self.enabled or verdict is None or headers is None or facts.trusted:
+    def __call__(self, event: MessageEvent) -> None:
+        if not self.enabled or event.verdict is None or event.headers is None \
+                or event.facts.trusted:
             return
         try:
-            self._consider(facts, verdict, action, upstream_reply, headers)
+            self._consider(event.facts, event.verdict, event.action, event.upstream_reply,
+                           event.headers)
         except Exception as exc:    # never into the SMTP path
             self.errors += 1
             self._warn("error", "failure report not made: %s", exc)
 
-    def _consider(self, facts: SessionFacts, verdict: Verdict, action: Any,
-                  upstream_reply: Any, headers: HeaderFields) -> None:
+    def _consider(self, facts: SessionFacts, verdict: Verdict, action: Action,
+                  upstream_reply: SmtpReply | None, headers: HeaderFields) -> None:
         dmarc = verdict.dmarc
         record = dmarc.record or {}
         if dmarc.result != "fail" or not record.get("ruf"):
             return
         if record.get("psd", "").lower() == "y":        # RFC 9991 s. 2: MUST NOT
             return
-        code = getattr(upstream_reply, "code", None)
-        if getattr(action, "kind", None) == "tempfail" or (isinstance(code, int)
-                                                           and 400 <= code < 500):
+        if action.kind == "tempfail" or (upstream_reply is not None
+                                         and 400 <= upstream_reply.code < 500):
             return
         kinds = report_kinds(verdict)
         if not kinds or is_dmarc_report(headers):

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from ..config import Config
+from ..observers import MessageEvent
 from ..results import SessionFacts, Verdict
 from .rows import DISPOSITIONS, EvaluationRow, row_from_verdict
 from .backends import open_store
@@ -39,10 +40,6 @@ log = logging.getLogger("authfilter.reports")
 LOG_EVERY = 60.0          # seconds between repeated warnings of the same kind
 MAX_PAUSE = 60.0          # longest pause between attempts to reach a failing store
 CLOSE_TIMEOUT = 10.0      # seconds close() keeps trying to flush
-
-# Action words (authfilter.policy) -> RFC 9990 disposition; None = do not record.
-_DISPOSITION_OF_ACTION = {"accept": "none", "tag": "none", "quarantine": "quarantine",
-                          "reject": "reject", "tempfail": None}
 
 HeaderFields = Sequence[tuple[bytes, bytes]]
 
@@ -61,25 +58,6 @@ def is_dmarc_report(headers: HeaderFields) -> bool:
             if b"multipart/report" in text and b"feedback-report" in text:
                 return True
     return False
-
-
-def _reply_code(reply: Any) -> int | None:
-    """The code of the upstream's reply, however the proxy gives it: an int, ``(code, text)``,
-    a reply line, or an object with ``code``."""
-    if reply is None:
-        return None
-    if isinstance(reply, int):
-        return reply
-    if isinstance(reply, tuple) and reply and isinstance(reply[0], int):
-        return reply[0]
-    code = getattr(reply, "code", None)
-    if isinstance(code, int):
-        return code
-    if isinstance(reply, (bytes, str)):
-        head = reply[:3]
-        head = head.decode("ascii", "replace") if isinstance(head, bytes) else head
-        return int(head) if head.isdigit() else None
-    return None
 
 
 class Recorder:
@@ -156,32 +134,19 @@ class Recorder:
             self.errors += 1
             self._warn("error", "report row not recorded: %s", exc)
 
-    def on_message(self, facts: SessionFacts, verdict: Verdict, action: Any,
-                   upstream_reply: Any = None, elapsed: float | None = None, *,
-                   headers: HeaderFields | None = None) -> None:
-        """The proxy's observer hook (also what calling the recorder does): ``action`` is an :class:`authfilter.policy.Action` (or
-        anything with ``kind``, and optionally ``disposition`` and ``override``).  No verdict
-        (trusted or outbound mail) means nothing to record."""
-        if verdict is None:
+    def on_message(self, event: MessageEvent) -> None:
+        """The pipeline's observer hook (also what calling the recorder does).  Nothing is
+        recorded without a verdict (trusted or outbound mail), for a tempfail or an upstream
+        4xx (the retry is the message that counts)."""
+        if event.verdict is None:
             return
-        try:
-            kind = getattr(action, "kind", None)
-            code = _reply_code(upstream_reply)
-            if kind == "tempfail" or (code is not None and 400 <= code < 500):
-                return
-            disposition = getattr(action, "disposition", None)
-            if disposition not in DISPOSITIONS:
-                disposition = _DISPOSITION_OF_ACTION.get(kind, "none")
-            if disposition is None:
-                return
-            override = getattr(action, "override", None)
-            self.record(facts, verdict, disposition, override, headers=headers)
-        except Exception as exc:
-            self.errors += 1
-            self._warn("error", "report row not recorded: %s", exc)
+        action, upstream = event.action, event.upstream_reply
+        if action.kind == "tempfail" or (upstream is not None and 400 <= upstream.code < 500):
+            return
+        self.record(event.facts, event.verdict, action.disposition, action.override,
+                    headers=event.headers)
 
     __call__ = on_message
-    wants_headers = True       # to leave DMARC reports themselves out (is_dmarc_report)
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:
         now = time.monotonic()

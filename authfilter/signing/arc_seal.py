@@ -24,6 +24,7 @@ the unfolded field.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import re
@@ -48,10 +49,18 @@ _AAR_INSTANCE = re.compile(rb"[ \t\r\n]*i[ \t\r\n]*=[ \t\r\n]*([0-9]{1,3})[ \t\r
 
 @dataclass(frozen=True, slots=True)
 class SealOutcome:
-    message: bytes                      # sealed, or as it came (CRLF)
+    fields: tuple[bytes, ...] = ()      # ARC-Seal, ARC-Message-Signature, ARC-Authentication-
+                                        # Results, to add on top in this order
     instance: int | None = None
     chain_status: str | None = None     # cv= we wrote
     skipped: str | None = None
+    message: bytes = b""                # from seal_message only: sealed, or as it came (CRLF)
+
+    def describe(self, sealer: "ArcSealer") -> str:
+        """What the log says about it."""
+        if self.skipped:
+            return f"arc-seal skipped: {self.skipped}"
+        return f"arc-seal i={self.instance} cv={self.chain_status} d={sealer.domain} s={sealer.selector}"
 
 
 class ArcSealer:
@@ -75,29 +84,27 @@ class ArcSealer:
             raise SigningConfigError(f"signing.arc.domain: {exc}") from None
         return cls(domain, arc.selector, load_key(arc.key_file, arc.algorithm), arc.headers)
 
-    def seal(self, raw: bytes, authres_value: str, chain: ArcResult, *,
-             now: float | None = None) -> bytes:
-        """The message with our ARC set on top, or unchanged (and logged) when RFC 8617 says
-        not to seal.  ``authres_value`` is our Authentication-Results field value (authserv-id
-        and results, folded or not, without the field name); ``chain`` is the validation
-        result of the chain as it arrived."""
-        outcome = self.seal_message(raw, authres_value, chain, now=now)
-        if outcome.skipped:
-            log.info("arc-seal skipped: %s", outcome.skipped)
-        else:
-            log.info("arc-seal i=%d cv=%s d=%s s=%s", outcome.instance, outcome.chain_status,
-                     self.domain, self.selector)
-        return outcome.message
-
     def seal_message(self, raw: bytes, authres_value: str, chain: ArcResult, *,
                      now: float | None = None) -> SealOutcome:
+        """:meth:`seal_fields` of the message ``raw``, with the message they go on top of."""
         message = Message.parse(raw)
+        outcome = self.seal_fields(message, authres_value, chain, now=now)
+        return dataclasses.replace(outcome, message=b"".join(outcome.fields) + message.raw)
+
+    def seal_fields(self, message: Message, authres_value: str, chain: ArcResult, *,
+                    bodies: dkimcore.BodyHashes | None = None,
+                    now: float | None = None) -> SealOutcome:
+        """Our ARC set for ``message`` as it will be relayed, or why RFC 8617 says not to seal.
+        ``authres_value`` is our Authentication-Results field value (authserv-id and results,
+        folded or not, without the field name); ``chain`` is the validation result of the
+        chain as it arrived; ``bodies`` the body's hashes when they are known already (the
+        verifier's relaxed SHA-256 hash is the one the AMS needs)."""
         sets, newest_cv, problem = _existing_sets(message)
         count = max(sets, default=0)
         cv = chain.result
         refusal = _refusal(count, newest_cv, problem, chain)
         if refusal:
-            return SealOutcome(message.raw, skipped=refusal)
+            return SealOutcome(skipped=refusal)
         instance = count + 1
         timestamp = str(int(time.time() if now is None else now)).encode("ascii")
         common = [(b"a", self.key.algorithm.encode("ascii")), (b"d", self.domain.encode("ascii")),
@@ -107,8 +114,8 @@ class ArcSealer:
         aar = (AAR, fold_at_spaces(f"i={instance}; ".encode("ascii") + _unfold(authres_value), len(AAR)))
         names = [n for n in (field_name(name) for name, _ in message.headers)
                  if n.decode("ascii", "replace") in self.headers]
-        ams_tags = common + [(b"bh", base64.b64encode(
-                                 dkimcore.BodyHashes(message.body).hash(dkimcore.RELAXED, "sha256"))),
+        bodies = bodies or dkimcore.BodyHashes(message.body)
+        ams_tags = common + [(b"bh", base64.b64encode(bodies.hash(dkimcore.RELAXED, "sha256"))),
                              (b"c", b"relaxed/relaxed"), (b"h", b":".join(names))]
         selected = dkimcore.HeaderIndex.of(message).select(n.decode("ascii") for n in names)
         ams = (AMS, self._signed_value(AMS, ams_tags, selected))
@@ -117,8 +124,7 @@ class ArcSealer:
         # a failed chain, only our own set.
         sealed = [] if cv == "fail" else [sets[i][name] for i in range(1, instance) for name in (AAR, AMS, AS)]
         seal = (AS, self._signed_value(AS, common + [(b"cv", cv.encode("ascii"))], sealed + [aar, ams]))
-        fields = b"".join(name + b":" + value for name, value in (seal, ams, aar))
-        return SealOutcome(fields + message.raw, instance, cv)
+        return SealOutcome(tuple(name + b":" + value for name, value in (seal, ams, aar)), instance, cv)
 
     def _signed_value(self, name: bytes, tags: list[tuple[bytes, bytes]],
                       selected: list[tuple[bytes, bytes]]) -> bytes:

@@ -22,6 +22,7 @@ message being signed while the swap happens uses one table from start to end.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import time
@@ -32,7 +33,6 @@ from .. import dkimcore
 from ..addresses import author_addresses
 from ..config import Config
 from ..message import Message, field_name
-from ..results import SessionFacts
 from .table import SigningTable, TableKey
 
 log = logging.getLogger("authfilter.signing")
@@ -44,11 +44,18 @@ _B_PLACEHOLDER = b"0" * 60              # puts b= on a line of its own before th
 
 @dataclass(frozen=True, slots=True)
 class SigningOutcome:
-    message: bytes                      # the message to send: signed, or as it came (CRLF)
-    signatures: tuple[bytes, ...] = ()  # the DKIM-Signature fields added, top one first
+    signatures: tuple[bytes, ...] = ()  # the DKIM-Signature fields to add on top, top one first
     from_domain: str | None = None
     keys: tuple[TableKey, ...] = ()
     skipped: str | None = None          # why nothing was signed
+    message: bytes = b""                # from sign_message only: the message to send, signed
+                                        # or as it came (CRLF)
+
+    def describe(self) -> str:
+        """What the log says about it."""
+        if self.skipped:
+            return f"dkim-sign skipped: {self.skipped}"
+        return f"dkim-sign from={self.from_domain} " + " ".join(k.describe() for k in self.keys)
 
 
 class HeaderPolicy:
@@ -91,38 +98,35 @@ class Signer:
                    HeaderPolicy(s.headers, s.oversign, s.oversign_if_present),
                    s.canonicalization)
 
-    def sign(self, raw: bytes, facts: SessionFacts | None = None, *, now: float | None = None) -> bytes:
-        """The message with our DKIM-Signature field(s) on top, or unchanged (and logged)."""
-        outcome = self.sign_message(raw, now=now)
-        client = f" client={facts.client_ip}" if facts is not None else ""
-        if outcome.skipped:
-            log.info("dkim-sign skipped: %s%s", outcome.skipped, client)
-        else:
-            log.info("dkim-sign from=%s %s%s", outcome.from_domain,
-                     " ".join(k.describe() for k in outcome.keys), client)
-        return outcome.message
-
     def sign_message(self, raw: bytes, *, now: float | None = None) -> SigningOutcome:
+        """:meth:`signatures` of the message ``raw``, with the message they go on top of."""
         message = _wire_form(raw)
+        outcome = self.signatures(message, now=now)
+        return dataclasses.replace(outcome, message=b"".join(outcome.signatures) + message.raw)
+
+    def signatures(self, message: Message, *, bodies: dkimcore.BodyHashes | None = None,
+                   now: float | None = None) -> SigningOutcome:
+        """Our DKIM-Signature field(s) for a parsed message (CRLF; a body without a final CRLF
+        hashes as one with it, RFC 6376 s. 3.4.3 and 3.4.4), or why there are none.
+        ``bodies``: the body's hashes when they are known already."""
         from_domain, refusal = _author_domain(message)
         if from_domain is None:
-            return SigningOutcome(message.raw, skipped=refusal)
+            return SigningOutcome(skipped=refusal)
         pattern, keys = self.table.lookup(from_domain)
         if pattern is None:
-            return SigningOutcome(message.raw, from_domain=from_domain,
+            return SigningOutcome(from_domain=from_domain,
                                   skipped=f"From domain {from_domain} is not in the signing table")
         if not keys:
-            return SigningOutcome(message.raw, from_domain=from_domain,
-                                  skipped=f"no active key for {pattern}")
+            return SigningOutcome(from_domain=from_domain, skipped=f"no active key for {pattern}")
         timestamp = int(time.time() if now is None else now)
         names = self.policy.names(message.headers)
         selected = dkimcore.HeaderIndex.of(message).select(n.decode("ascii") for n in names)
         signed_part = b"".join(dkimcore.canonicalize_header(name, value, self.header_canon)
                                for name, value in selected)       # the same for every key
-        body_hash = base64.b64encode(
-            dkimcore.BodyHashes(message.body).hash(self.body_canon, "sha256"))
+        bodies = bodies or dkimcore.BodyHashes(message.body)
+        body_hash = base64.b64encode(bodies.hash(self.body_canon, "sha256"))
         fields = tuple(self._signature(key, names, signed_part, body_hash, timestamp) for key in keys)
-        return SigningOutcome(b"".join(fields) + message.raw, fields, from_domain, keys)
+        return SigningOutcome(fields, from_domain, keys)
 
     def _signature(self, entry: TableKey, names: list[bytes], signed_part: bytes,
                    body_hash: bytes, timestamp: int) -> bytes:

@@ -88,13 +88,6 @@ def parse_reply_line(line: bytes) -> tuple[int, bool, str]:
     return int(m.group(1)), m.group(2) == b"-", m.group(3).decode("utf-8", "replace")
 
 
-_QUEUE_ID = re.compile(r"\bqueued as ([0-9A-Za-z]+)")
-
-
-def queue_id_of(reply_obj: Reply) -> str | None:
-    """Postfix (and most MTAs) name the queue file in the 250 reply to end of data."""
-    m = _QUEUE_ID.search(reply_obj.text)
-    return m.group(1) if m else None
 
 
 # -- commands -------------------------------------------------------------------------------

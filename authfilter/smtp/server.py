@@ -1,7 +1,8 @@
 """The proxy inside one process: listeners, the config generation in force, reload and drain.
 
-A :class:`Runtime` is everything derived from one config (policy, engine, upstream pools, TLS
-contexts, signer).  Sessions keep the runtime they started with, so SIGHUP swaps in a new one
+A :class:`ProxyGeneration` is everything derived from one config: the pipeline on its
+:class:`~authfilter.runtime.Runtime` (policy, engine, signer, sealer), upstream pools, TLS
+contexts.  Sessions keep the runtime they started with, so SIGHUP swaps in a new one
 without disturbing messages in flight.  Listeners, worker count and offload processes are fixed
 at start (changing them needs a restart; a reload says so in the log).
 """
@@ -15,30 +16,21 @@ import socket
 import ssl
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from ..config import Config, ListenerConfig
-from ..engine import Engine, resolver_from_config
-from ..metrics import Metrics
 from ..dns import Resolver
-from ..policy import Action, Policy
-from ..results import SessionFacts, Verdict
-from ..signing import ArcSealer
+from ..engine import resolver_from_config
+from ..metrics import Metrics
+from ..observers import Observer
+from ..pipeline import Pipeline
+from ..runtime import Runtime
 from . import protocol
-from .logline import format_json, format_kv
-from .protocol import Reply
 from .session import SmtpSession
 from .upstream import UpstreamPool
 from .watchdog import Watchdog, tick_for
 
 log = logging.getLogger("authfilter.proxy")
-
-# observer(facts, verdict, action, upstream_reply, elapsed_seconds), after the client's reply;
-# an observer may also have async start() and close(), which the worker calls.
-Observer = Callable[[SessionFacts, "Verdict | None", Action, "Reply | None", float], Any]
-"""Called after each message: ``observer(facts, verdict, action, upstream_reply)``; it must not
-block (queue work elsewhere).  ``verdict`` is None when nothing was verified (trusted client,
-submission); ``upstream_reply`` is None when the message was not relayed."""
 
 LISTEN_BACKLOG = 512
 
@@ -62,44 +54,30 @@ def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def make_signer(config: Config) -> Callable[[bytes, SessionFacts], bytes]:
-    """The DKIM signer for submission listeners (:class:`authfilter.signing.Signer`)."""
-    from ..signing import Signer
-    return Signer.from_config(config).sign
-
-
-def _unsigned(raw: bytes, facts: SessionFacts) -> bytes:
-    return raw
-
-
 @dataclass
-class Runtime:
-    config: Config
-    policy: Policy
-    engine: Engine
-    observers: list[Observer]
+class ProxyGeneration:
+    """The proxy's side of one config generation: the pipeline on its :class:`Runtime`, and
+    the listeners' TLS contexts, upstream pools and trusted peers."""
+
+    runtime: Runtime
+    pipeline: Pipeline
     hostname: str
-    authserv_id: str
     xforward_hosts: NetworkSet
     proxy_protocol_hosts: NetworkSet
-    sign: Callable[[bytes, SessionFacts], bytes]
     max_sessions: int
-    metrics: Metrics
     _tls: list[ssl.SSLContext | None] = field(default_factory=list)
     _pools: list[UpstreamPool] = field(default_factory=list)
-    _sealers: list[ArcSealer | None] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: Config, resolver: Resolver, *, executor: Executor | None,
               observers: list[Observer], workers: int, watchdog: Watchdog,
-              metrics: Metrics, loop_shared: Callable[[], bool]) -> "Runtime":
+              metrics: Metrics, loop_shared: Callable[[], bool]) -> "ProxyGeneration":
         """Raises ConfigError-like exceptions (PolicyError, OSError, SigningConfigError) when
         the config cannot be put into force.  ``loop_shared``: see :class:`Engine`."""
+        runtime = Runtime.build(config, resolver, executor=executor, observers=observers,
+                                metrics=metrics, loop_shared=loop_shared)
         proxy = config.proxy
-        authserv_id = config.general.effective_authserv_id()
-        hostname = proxy.hostname or authserv_id
-        needs_signer = any(lc.role == "submission" for lc in proxy.listeners)
-        sealer = ArcSealer.from_config(config) if any(lc.arc_seal for lc in proxy.listeners) else None
+        hostname = proxy.hostname or runtime.authserv_id
         pools: dict[str, UpstreamPool] = {}
         for lc in proxy.listeners:
             address = lc.upstream or proxy.upstream
@@ -107,33 +85,29 @@ class Runtime:
                 pools[address] = UpstreamPool(address, hostname, proxy.upstream_timeout,
                                               proxy.upstream_idle, watchdog)
         return cls(
-            config=config,
-            policy=Policy.from_config(config),
-            engine=Engine(config, resolver, executor, loop_shared),
-            observers=observers,
+            runtime=runtime,
+            pipeline=Pipeline(runtime),
             hostname=hostname,
-            authserv_id=authserv_id,
             xforward_hosts=NetworkSet(proxy.xforward_hosts),
             proxy_protocol_hosts=NetworkSet(proxy.proxy_protocol_hosts),
-            sign=make_signer(config) if needs_signer else _unsigned,
             max_sessions=max(1, math.ceil(proxy.max_sessions / workers)),
-            metrics=metrics,
             _tls=[tls_context(lc) for lc in proxy.listeners],
             _pools=[pools[lc.upstream or proxy.upstream] for lc in proxy.listeners],
-            _sealers=[sealer if lc.arc_seal else None for lc in proxy.listeners],
         )
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.runtime.metrics
 
     def tls_context(self, listener_index: int) -> ssl.SSLContext | None:
         return self._tls[listener_index]
 
     def pool(self, listener_index: int) -> UpstreamPool:
         return self._pools[listener_index]
-
-    def sealer(self, listener_index: int) -> ArcSealer | None:
-        return self._sealers[listener_index]
-
-    def format_record(self, record: dict) -> str:
-        return format_json(record) if self.config.logging.format == "json" else format_kv(record)
 
     def close(self) -> None:
         for pool in set(self._pools):
@@ -186,7 +160,7 @@ class ProxyServer:
         self.reuse_port = reuse_port
         self.observers: list[Observer] = list(observers or [])
         self.watchdog = Watchdog(_tick(config))
-        self.runtime = Runtime.build(config, self.resolver, executor=executor,
+        self.generation = ProxyGeneration.build(config, self.resolver, executor=executor,
                                      observers=self.observers, workers=workers,
                                      watchdog=self.watchdog, metrics=self.metrics,
                                      loop_shared=self.loop_shared)
@@ -198,7 +172,7 @@ class ProxyServer:
 
     @property
     def config(self) -> Config:
-        return self.runtime.config
+        return self.generation.config
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -222,7 +196,7 @@ class ProxyServer:
         """The 421 a new session gets when we are full or shutting down, else None."""
         if self.draining:
             return protocol.SHUTTING_DOWN
-        if len(self.sessions) > self.runtime.max_sessions:
+        if len(self.sessions) > self.generation.max_sessions:
             return protocol.TOO_MANY_SESSIONS
         return None
 
@@ -243,9 +217,9 @@ class ProxyServer:
     async def reload(self, config: Config) -> None:
         """Put a new config in force for new sessions.  Raises (and keeps the old one) when it
         cannot be built."""
-        old = self.runtime
+        old = self.generation
         resolver = self.resolver if config.dns == old.config.dns else resolver_from_config(config)
-        self.runtime = Runtime.build(config, resolver, executor=self.executor,
+        self.generation = ProxyGeneration.build(config, resolver, executor=self.executor,
                                      observers=self.observers, workers=self.workers,
                                      watchdog=self.watchdog, metrics=self.metrics,
                                      loop_shared=self.loop_shared)
@@ -274,5 +248,5 @@ class ProxyServer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.runtime.close()
+        self.generation.close()
         self.watchdog.close()

@@ -21,10 +21,11 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from ..pipeline import Transaction as MessageTransaction
 from ..results import SessionFacts
 from . import protocol as p
 from . import proxy_protocol
-from .message_flow import BROKEN, DONE, RESET, handle_message
+from .message_flow import BROKEN, DONE, RESET, UpstreamState, handle_message
 from .receiver import DataTooBig, LineTooLong, ReceiveBuffer
 from .upstream import UpstreamConnection, UpstreamError, set_nodelay
 
@@ -46,15 +47,14 @@ class SessionTimeout(Exception):
 
 
 class Transaction:
-    __slots__ = ("mail_from", "recipients", "upstream", "spf_task", "broken", "facts")
+    """One client transaction: the pipeline's side of it and the mirrored upstream one."""
 
-    def __init__(self, mail_from: str, facts: SessionFacts, upstream: UpstreamConnection,
-                 spf_task: asyncio.Future | None) -> None:
-        self.mail_from = mail_from
-        self.facts = facts
-        self.recipients: list[str] = []
+    __slots__ = ("message", "recipients", "upstream", "broken")
+
+    def __init__(self, message: MessageTransaction, upstream: UpstreamConnection) -> None:
+        self.message = message
+        self.recipients = 0
         self.upstream = upstream
-        self.spf_task = spf_task
         self.broken = False            # the upstream failed mid-transaction: 451 until RSET
 
 
@@ -67,7 +67,7 @@ class SmtpSession(asyncio.Protocol):
         self.id = f"{os.getpid():x}.{next(_session_numbers):x}"
         self.server = server
         self.listener_index = listener_index
-        self.rt = server.runtime                  # config generation this session started with
+        self.rt = server.generation               # config generation this session started with
         self.listener = self.rt.config.proxy.listeners[listener_index]
         self.buffer = ReceiveBuffer()
         self.transport: asyncio.Transport | None = None
@@ -258,17 +258,19 @@ class SmtpSession(asyncio.Protocol):
             self._wake()
 
     # -- who the client is -------------------------------------------------------------------
-    def facts(self, mail_from: str | None, recipients: list[str] | tuple = ()) -> SessionFacts:
+    def facts(self, mail_from: str) -> SessionFacts:
         """The client as the checks see it: XFORWARD's (never mixed with ours, XFORWARD_README
-        note 4) or the connection's.  ADDR=[UNAVAILABLE] marks a forwarded local submission."""
+        note 4) or the connection's.  ADDR=[UNAVAILABLE]: Postfix could not name the client,
+        which it does for a forwarded local submission (vouched for, as before: issue 15)."""
+        role = self.listener.role
         if self.xforward is not None:
             ip = self.xforward_ip
             if ip is None:
-                return SessionFacts(self.peer_ip, None, mail_from, tuple(recipients), True)
+                return SessionFacts(self.peer_ip, None, mail_from, trusted=True, role=role)
             helo = self.xforward.get("HELO") or None
         else:
             ip, helo = self.peer_ip, self.helo_name
-        return SessionFacts(ip, helo, mail_from, tuple(recipients), self.rt.policy.is_trusted(ip))
+        return SessionFacts(ip, helo, mail_from, role=role)
 
     def upstream_xforward(self) -> dict[str, str | None]:
         """What the upstream should log as the client: the forwarded attributes, or ours."""
@@ -324,19 +326,19 @@ class SmtpSession(asyncio.Protocol):
         if size and int(size) > self.rt.config.proxy.max_message_size:
             self.write(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
             return
-        facts = self.facts(path.address)
-        verify = self.listener.role == "inbound" and not facts.trusted
-        spf_task = self.rt.engine.start_spf(facts) if verify else None   # DNS overlaps RCPT, DATA
+        # SPF starts here: its DNS overlaps RCPT and DATA
+        message = self.rt.pipeline.begin(self.facts(path.address), arc_seal=self.listener.arc_seal,
+                                         session=self.id, peer=self.peer[0])
         try:
             conn, reply = await self.rt.pool(self.listener_index).begin(
                 self.upstream_xforward(), b"MAIL " + arg + p.CRLF)
         except UpstreamError as exc:
-            log.warning("upstream unavailable at MAIL from %s: %s", facts.client_ip, exc)
-            _cancel(spf_task)
+            log.warning("upstream unavailable at MAIL from %s: %s", message.facts.client_ip, exc)
+            message.abandon()
             self.write(p.UPSTREAM_UNAVAILABLE)
             return
         if not reply.positive or reply.code == 421:
-            _cancel(spf_task)
+            message.abandon()
             if reply.code == 421:
                 conn.close()
                 self.write(p.UPSTREAM_UNAVAILABLE)
@@ -344,7 +346,7 @@ class SmtpSession(asyncio.Protocol):
                 self.rt.pool(self.listener_index).release(conn)
                 self.write(reply.to_bytes())
             return
-        self.tx = Transaction(path.address, facts, conn, spf_task)
+        self.tx = Transaction(message, conn)
         self.write(reply.to_bytes())
 
     async def smtp_rcpt(self, arg: bytes) -> None:
@@ -360,7 +362,7 @@ class SmtpSession(asyncio.Protocol):
         if tx.broken:
             self.write(p.UPSTREAM_UNAVAILABLE)
             return
-        if len(tx.recipients) >= self.rt.config.proxy.max_recipients:
+        if tx.recipients >= self.rt.config.proxy.max_recipients:
             self.write(p.TOO_MANY_RCPT)
             return
         try:
@@ -376,7 +378,8 @@ class SmtpSession(asyncio.Protocol):
             self.write(p.UPSTREAM_UNAVAILABLE)
             return
         if reply.positive:
-            tx.recipients.append(path.address)
+            tx.recipients += 1
+            tx.message.add_recipient(path.address)
         self.write(reply.to_bytes())
 
     async def smtp_data(self, arg: bytes) -> None:
@@ -398,17 +401,14 @@ class SmtpSession(asyncio.Protocol):
         try:
             content = await self.read_data()
         except DataTooBig as big:
-            log.info("message from %s too big (%d bytes or more)", tx.facts.client_ip, big.size)
+            log.info("message from %s too big (%d bytes or more)", tx.message.facts.client_ip,
+                     big.size)
             self.write(p.SIZE_EXCEEDED)
             await self._end_transaction(RESET)
             return
         wire, bare_lf = self.buffer.release_block()
-        facts = self.facts(tx.mail_from, tx.recipients)
-        outcome = await handle_message(self.rt, self.listener.role, facts, content, wire,
-                                       bare_lf, tx.spf_task, tx.upstream,
-                                       lambda: self.alive, self.peer[0],
-                                       self.rt.sealer(self.listener_index), session_id=self.id)
-        tx.spf_task = None
+        outcome = await handle_message(tx.message, content, wire, bare_lf, tx.upstream,
+                                       lambda: self.alive, self.rt.metrics)
         if outcome.reply is not None:
             self.write(outcome.reply)
         await self._end_transaction(outcome.upstream)
@@ -482,13 +482,13 @@ class SmtpSession(asyncio.Protocol):
         self.greeted, self.esmtp, self.helo_name, self.xforward = False, False, None, None
 
     # -- ending transactions -----------------------------------------------------------------
-    async def _end_transaction(self, upstream_state: str) -> None:
+    async def _end_transaction(self, upstream_state: UpstreamState) -> None:
         """After end of data (or a refusal of it): release, reset or drop the upstream side."""
         tx, self.tx = self.tx, None
         self.xforward = None              # XFORWARD_README: reset after DOT
         if tx is None:
             return
-        _cancel(tx.spf_task)
+        tx.message.abandon()
         pool = self.rt.pool(self.listener_index)
         if upstream_state == DONE:
             pool.release(tx.upstream)
@@ -521,12 +521,3 @@ class SmtpSession(asyncio.Protocol):
                 return True
             await self._wait_input(self.rt.config.proxy.command_timeout)
 
-
-def _cancel(task: asyncio.Future | None) -> None:
-    """Stop an SPF check nobody will wait for (and mark a failure of it as seen)."""
-    if task is None:
-        return
-    if not task.done():
-        task.cancel()
-    elif not task.cancelled():
-        task.exception()

@@ -29,7 +29,8 @@ from ..config import Config, ConfigError
 from ..memory import keep_freed_buffers
 from ..metrics import Metrics, worker_listen
 from ..policy import PolicyError
-from .server import Observer, ProxyServer, parse_address
+from ..observers import BackgroundObserver, Observer
+from .server import ProxyServer, parse_address
 
 log = logging.getLogger("authfilter.serve")
 
@@ -100,7 +101,7 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
         await server.drain(0)
         return 1
     for observer in observers:
-        if hasattr(observer, "start"):
+        if isinstance(observer, BackgroundObserver):
             await observer.start()
         if hasattr(observer, "buffered"):                 # the report recorder
             metrics.watch_report_backlog(lambda o=observer: o.buffered)
@@ -137,7 +138,7 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
     log.info("worker %d draining", os.getpid())
     await server.drain(server.config.proxy.drain_timeout)
     for observer in observers:
-        if hasattr(observer, "close"):
+        if isinstance(observer, BackgroundObserver):
             await observer.close()
     if endpoint is not None:
         endpoint.stop()

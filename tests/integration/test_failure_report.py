@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from authfilter.commands.serve import worker_observers
+from authfilter.observers import MessageEvent, observers_from_config
 from authfilter.config import from_dict
 from authfilter.dns import Resolver
 from authfilter.engine import Engine
@@ -70,7 +70,7 @@ def run_reporter(zone, config, messages, *, settle=None, **options) -> FailureRe
         for raw in messages:
             verdict = await engine.evaluate(FACTS, raw)
             assert verdict.dmarc.result == "fail", verdict.dmarc
-            reporter(FACTS, verdict, REJECT, None, 0.01, headers=Message.parse(raw).headers)
+            reporter(MessageEvent(FACTS, verdict, REJECT, None, 0.01, Message.parse(raw).headers))
         if settle is not None:
             await settle(reporter)
         await reporter.close()
@@ -161,9 +161,9 @@ def test_a_relay_that_keeps_deferring_gets_two_retries_then_the_report_is_droppe
 
 
 def test_serve_adds_the_reporter_only_when_enabled(tmp_path, smtp_sink):
-    off = worker_observers(from_dict({}))
+    off = observers_from_config(from_dict({}))
     assert [type(o) for o in off] == [Recorder]
-    on = worker_observers(reports_config(tmp_path, smtp_sink))
+    on = observers_from_config(reports_config(tmp_path, smtp_sink))
     assert [type(o) for o in on] == [Recorder, FailureReporter]
 
 

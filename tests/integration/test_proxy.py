@@ -250,16 +250,15 @@ def test_submission_listener_dkim_signs_and_relays(zone, sink, start_proxy, tmp_
 def test_a_signer_that_breaks_gives_the_client_451_and_relays_nothing(sink, start_proxy):
     # No real input makes the signer raise; this stands in for a bug in it (the one place
     # in these tests where a part is replaced): the mail must stay with the sender.
-    import dataclasses
-
     from authfilter.config import ListenerConfig
     config = proxy_config(sink.address)
     config.proxy.listeners = [ListenerConfig(address="127.0.0.1:0", role="submission")]
     proxy = start_proxy(config)
 
-    def broken(raw, facts):
-        raise RuntimeError("bug in the signer")
-    proxy.server.runtime = dataclasses.replace(proxy.server.runtime, sign=broken)
+    class BrokenSigner:
+        def signatures(self, message):
+            raise RuntimeError("bug in the signer")
+    proxy.server.generation.runtime.signer = BrokenSigner()
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(proxy, message())
     assert refused.value.smtp_code == 451

@@ -15,9 +15,9 @@ from authfilter.reports.failure import (DKIM, DMARC, SPF, FailureCase, FailureRe
                                         RateLimiter, Redactor, delivery_result,
                                         dkim_failure_type, header_block, identity_alignment,
                                         report_kinds, report_message)
-from authfilter.results import (ArcResult, DkimResult, DmarcResult, SessionFacts, SpfResult,
+from authfilter.results import (ArcResult, DkimResult, DmarcResult, SessionFacts, SmtpReply, SpfResult,
                                 Verdict)
-from authfilter.smtp.protocol import Reply
+from authfilter.observers import MessageEvent
 
 FACTS = SessionFacts.create("203.0.113.5", helo="mx.sender.example", mail_from="alice@example.com",
                             recipients=["bob@receiver.example", "carol@receiver.example"])
@@ -119,8 +119,8 @@ def test_dkim_auth_failure_types(reason, word):
 
 
 @pytest.mark.parametrize("kind,reply,expected", [
-    ("reject", None, "reject"), ("quarantine", Reply(250, ("ok",)), "spam"),
-    ("accept", Reply(250, ("ok",)), "delivered"), ("accept", Reply(550, ("no",)), "other"),
+    ("reject", None, "reject"), ("quarantine", SmtpReply(250, "ok"), "spam"),
+    ("accept", SmtpReply(250, "ok"), "delivered"), ("accept", SmtpReply(550, "no"), "other"),
     ("accept", None, "other")])
 def test_delivery_result(kind, reply, expected):
     assert delivery_result(Action(kind, "why"), reply) == expected
@@ -264,24 +264,24 @@ REJECT = Action("reject", "dmarc")
 
 def test_off_by_default():
     off = FailureReporter(from_dict({}))
-    off(FACTS, verdict(), REJECT, None, 0.01, headers=HEADERS)
+    off(MessageEvent(FACTS, verdict(), REJECT, None, 0.01, HEADERS))
     assert not off.enabled and off.queued == 0
 
 
 @pytest.mark.parametrize("why,call", [
-    ("no headers", lambda r: r(FACTS, verdict(), REJECT, None, 0.0)),
-    ("no verdict", lambda r: r(FACTS, None, REJECT, None, 0.0, headers=HEADERS)),
-    ("pass", lambda r: r(FACTS, verdict(result="pass"), REJECT, None, 0.0, headers=HEADERS)),
-    ("no ruf", lambda r: r(FACTS, verdict(ruf=None), REJECT, None, 0.0, headers=HEADERS)),
-    ("psd=y", lambda r: r(FACTS, verdict(psd="y"), REJECT, None, 0.0, headers=HEADERS)),
-    ("tempfail", lambda r: r(FACTS, verdict(), Action("tempfail", "x"), None, 0.0,
-                             headers=HEADERS)),
-    ("upstream 4xx", lambda r: r(FACTS, verdict(), Action("accept", "x"), Reply(451, ("later",)),
-                                 0.0, headers=HEADERS)),
-    ("a report", lambda r: r(FACTS, verdict(), REJECT, None, 0.0, headers=Message.parse(
-        b"Content-Type: multipart/report; report-type=feedback-report\r\n\r\n").headers)),
-    ("fo=d, no failed signature", lambda r: r(FACTS, verdict(fo="d"), REJECT, None, 0.0,
-                                              headers=HEADERS)),
+    ("no headers", lambda r: r(MessageEvent(FACTS, verdict(), REJECT, None, 0.0))),
+    ("no verdict", lambda r: r(MessageEvent(FACTS, None, REJECT, None, 0.0, HEADERS))),
+    ("pass", lambda r: r(MessageEvent(FACTS, verdict(result="pass"), REJECT, None, 0.0, HEADERS))),
+    ("no ruf", lambda r: r(MessageEvent(FACTS, verdict(ruf=None), REJECT, None, 0.0, HEADERS))),
+    ("psd=y", lambda r: r(MessageEvent(FACTS, verdict(psd="y"), REJECT, None, 0.0, HEADERS))),
+    ("tempfail", lambda r: r(MessageEvent(FACTS, verdict(), Action("tempfail", "x"), None, 0.0,
+                             HEADERS))),
+    ("upstream 4xx", lambda r: r(MessageEvent(FACTS, verdict(), Action("accept", "x"), SmtpReply(451, "later"),
+                                 0.0, HEADERS))),
+    ("a report", lambda r: r(MessageEvent(FACTS, verdict(), REJECT, None, 0.0, Message.parse(
+        b"Content-Type: multipart/report; report-type=feedback-report\r\n\r\n").headers))),
+    ("fo=d, no failed signature", lambda r: r(MessageEvent(FACTS, verdict(fo="d"), REJECT, None, 0.0,
+                                              HEADERS))),
 ])
 def test_nothing_is_queued_when_no_report_is_due(why, call):
     r = reporter()
@@ -291,7 +291,7 @@ def test_nothing_is_queued_when_no_report_is_due(why, call):
 
 def test_suppressed_domains_get_no_reports():
     r = reporter(suppress=[".example.com"])
-    r(FACTS, verdict(from_domain="sub.example.com"), REJECT, None, 0.0, headers=HEADERS)
+    r(MessageEvent(FACTS, verdict(from_domain="sub.example.com"), REJECT, None, 0.0, HEADERS))
     assert r.queued == 0
 
 
@@ -300,16 +300,16 @@ def test_observer_queues_allowed_reports_and_counts_the_rest():
     r = reporter(failure_rate_limit=2)
     r.clock = lambda: now[0]
     for _ in range(2):         # 2 reports each (DMARC and SPF): the limit is reached at once
-        r(FACTS, verdict(fo="1:s"), REJECT, None, 0.0, headers=HEADERS)
+        r(MessageEvent(FACTS, verdict(fo="1:s"), REJECT, None, 0.0, HEADERS))
     assert (r.queued, r.rate_limited) == (2, 2)
     now[0] += 3601
-    r(FACTS, verdict(), REJECT, None, 0.0, headers=HEADERS)
+    r(MessageEvent(FACTS, verdict(), REJECT, None, 0.0, HEADERS))
     assert (r.queued, r.rate_limited) == (3, 2)
 
 
 def test_bad_input_never_raises_into_the_smtp_path():
     r = reporter()
-    r(FACTS, verdict(), REJECT, None, 0.0, headers=[b"not a pair"])
+    r(MessageEvent(FACTS, verdict(), REJECT, None, 0.0, [b"not a pair"]))
     assert r.errors == 1 and r.queued == 0
 
 

@@ -6,9 +6,11 @@ import logging
 import threading
 import time
 
+from authfilter.observers import MessageEvent
 from authfilter.policy import Action
-from authfilter.reports.recorder import Recorder
+from authfilter.results import SmtpReply
 from authfilter.reports.backends import open_store
+from authfilter.reports.recorder import Recorder
 from authfilter.reports.store import StoreError
 from tests.unit.test_report_rows import FACTS, verdict
 
@@ -144,23 +146,24 @@ def test_bad_input_is_counted_never_raised(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="authfilter.reports"):
         rec.record(FACTS, object(), "reject")            # type: ignore[arg-type]
         rec.record(FACTS, verdict(), "discard")
-        rec.on_message(FACTS, verdict(), None, b"garbage")
-        rec.on_message(FACTS, None, Action("accept", "trusted network"))   # nothing to record
-    assert rec.errors == 2 and rec.buffered == 1
+        rec.on_message(MessageEvent(FACTS, None, Action("accept", "trusted network"), None, 0.0))
+    assert rec.errors == 2 and rec.buffered == 0        # nothing to record without a verdict
     assert "report row not recorded" in caplog.text
 
 
 def test_what_is_not_recorded(tmp_path):
     rec = recorder(FlakyStore(f"sqlite://{tmp_path}/r.sqlite"))
-    reject = Action("reject", "DMARC fail", reply=b"550 5.7.1 no\r\n")
-    rec.on_message(FACTS, verdict(), Action("tempfail", "DNS"))            # will come back
-    rec.on_message(FACTS, verdict(), reject, (451, "try later"))            # upstream tempfail
-    rec.on_message(FACTS, verdict("none", policy_domain=None, record=None), reject)
+    reject = Action("reject", "DMARC fail", reply=SmtpReply(550, "5.7.1 no"))
+    rec.on_message(MessageEvent(FACTS, verdict(), Action("tempfail", "DNS"), None, 0.0))  # comes back
+    rec.on_message(MessageEvent(FACTS, verdict(), reject, SmtpReply(451, "try later"), 0.0))
+    rec.on_message(MessageEvent(FACTS, verdict("none", policy_domain=None, record=None), reject,
+                                None, 0.0))
     rec.record(FACTS, verdict(), "reject",
                headers=[(b"Subject", b" Report Domain: example.com Submitter: r.example\r\n")])
     assert rec.buffered == 0
-    rec.on_message(FACTS, verdict(), reject, b"250 2.0.0 queued")
-    rec.on_message(FACTS, verdict(), Action("accept", "allow-listed", override="local_policy"))
+    rec.on_message(MessageEvent(FACTS, verdict(), reject, SmtpReply(250, "2.0.0 queued"), 0.0))
+    rec.on_message(MessageEvent(FACTS, verdict(), Action("accept", "allow-listed",
+                                                         override="local_policy"), None, 0.0))
     rows = list(rec._buffer)
     assert [(r.disposition, r.reasons) for r in rows] == [("reject", ""),
                                                            ("none", "local_policy\t")]

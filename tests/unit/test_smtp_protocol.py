@@ -5,6 +5,8 @@ import ipaddress
 
 import pytest
 
+from authfilter.logline import queue_id_of
+from authfilter.results import SmtpReply
 from authfilter.smtp import protocol as p
 
 
@@ -163,7 +165,7 @@ def test_reply_lines():
 
 
 def test_queue_id_and_ehlo_keywords():
-    assert p.queue_id_of(p.Reply(250, ("2.0.0 Ok: queued as 4Xyz12AbC",))) == "4Xyz12AbC"
-    assert p.queue_id_of(p.Reply(250, ("2.0.0 Ok",))) is None
+    assert queue_id_of(SmtpReply(250, "2.0.0 Ok: queued as 4Xyz12AbC")) == "4Xyz12AbC"
+    assert queue_id_of(SmtpReply(250, "2.0.0 Ok")) is None
     ehlo = p.Reply(250, ("mx", "PIPELINING", "SIZE 100", "xforward NAME ADDR"))
     assert p.ehlo_keywords(ehlo) == {"PIPELINING": "", "SIZE": "100", "XFORWARD": "NAME ADDR"}

@@ -10,17 +10,24 @@ import json
 import re
 from typing import Any
 
-from ..policy import Action
-from ..results import SessionFacts, Verdict
-from .protocol import Reply, queue_id_of
+from .policy import Action
+from .results import SessionFacts, SmtpReply, Verdict
 
 MAX_LOGGED_RECIPIENTS = 10
+_QUEUE_ID = re.compile(r"\bqueued as ([0-9A-Za-z]+)")
+
+
+def queue_id_of(reply: SmtpReply) -> str | None:
+    """Postfix (and most MTAs) name the queue file in the 250 reply to end of data."""
+    m = _QUEUE_ID.search(reply.text)
+    return m.group(1) if m else None
 _BARE = re.compile(r"^[A-Za-z0-9_.:@+\-/,=<>\[\]]*$")
 
 
 def message_record(*, role: str, facts: SessionFacts, peer: str, size: int,
-                   verdict: Verdict | None, action: Action, upstream_reply: Reply | None,
-                   reply: bytes | None, elapsed: float, session: str = "") -> dict[str, Any]:
+                   verdict: Verdict | None, action: Action, upstream_reply: SmtpReply | None,
+                   reply: SmtpReply | None, elapsed: float, session: str = "") -> dict[str, Any]:
+    """``reply`` is what the client was told (None: it had gone)."""
     rcpts = list(facts.recipients)
     record: dict[str, Any] = {
         "session": session,
@@ -56,8 +63,7 @@ def message_record(*, role: str, facts: SessionFacts, peer: str, size: int,
     if upstream_reply is not None:
         record["upstream"] = f"{upstream_reply.code} {upstream_reply.text}"
         record["queue_id"] = queue_id_of(upstream_reply)
-    record["reply"] = reply.decode("utf-8", "replace").strip().replace("\r\n", " | ") \
-        if reply is not None else "(client gone)"
+    record["reply"] = f"{reply.code} {reply.text}" if reply is not None else "(client gone)"
     record["ms"] = round(elapsed * 1000, 1)
     return record
 
