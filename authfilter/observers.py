@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from .results import SessionFacts, SmtpReply, Verdict
 
 if TYPE_CHECKING:
-    from .config import Config
     from .policy import Action
 
 
@@ -45,15 +44,3 @@ class BackgroundObserver(Protocol):
 
     async def close(self) -> None: ...
 
-
-def observers_from_config(config: "Config") -> list[Observer]:
-    """The observers a config asks for: the DMARC report recorder and, when enabled, the
-    failure reporter (RFC 9991).  ``serve`` builds them inside every worker (after the fork),
-    so each holds its own store connection."""
-    from .reports.failure import FailureReporter
-    from .reports.recorder import Recorder
-    recorder = Recorder.from_config(config)
-    observers: list[Observer] = [recorder] if recorder.enabled else []
-    if config.reports.failure_enabled:
-        observers.append(FailureReporter(config))
-    return observers

@@ -38,8 +38,9 @@ from .dkimcore import BodyHashes
 from .logline import message_record
 from .message import (HeaderField, Message, removal_of, split_field, with_fields_on_top,
                       without_fields)
-from .observers import BackgroundObserver, MessageEvent, observers_from_config
+from .observers import BackgroundObserver, MessageEvent
 from .policy import ACCEPT, QUARANTINE, TEMPFAIL, Action, ActionWord
+from .reports.hooks import observers_from_config
 from .results import ArcResult, DmarcResult, SessionFacts, SmtpReply, SpfResult, Verdict
 from .runtime import Runtime
 
@@ -271,7 +272,8 @@ class Pipeline:
 
     def begin(self, facts: SessionFacts, *, arc_seal: bool = False, session: str = "",
               peer: str = "") -> Transaction:
-        """A transaction for a message with these envelope facts (at MAIL FROM).  ``arc_seal``:
+        """A transaction for a message with these envelope facts (at MAIL FROM, in the running
+        event loop: SPF starts as a task of it).  ``arc_seal``:
         the front-end's listener seals inbound mail; ``session`` and ``peer`` (who connected
         to the front-end) go into the log line."""
         rt = self.runtime

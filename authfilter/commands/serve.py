@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..memory import keep_freed_buffers
-    from ..observers import observers_from_config
+    from ..reports.hooks import observers_from_config
     from ..smtp.supervisor import load_config, serve
 
     config = load_config_or_exit(args.config, load_config)

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from authfilter.observers import MessageEvent, observers_from_config
+from authfilter.observers import MessageEvent
+from authfilter.reports.hooks import observers_from_config
 from authfilter.config import from_dict
 from authfilter.dns import Resolver
 from authfilter.engine import Engine
