@@ -5,6 +5,9 @@ from authfilter.config import reference_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+QUICK_START = ("apt-get install -y python3-venv && python3 -m venv .venv && .venv/bin/pip install . "
+               "&& .venv/bin/authfilter serve")
+""":mod:`tests.integration.test_serve_defaults` runs it as written."""
 
 
 def test_config_reference_in_the_readme_is_the_generated_one():
@@ -16,7 +19,7 @@ def test_config_reference_in_the_readme_is_the_generated_one():
 
 def test_quick_start_commands_are_the_ones_ci_runs():
     first_screen = README[:README.index("## What it does")]
-    assert "pip install . && authfilter serve" in first_screen
+    assert QUICK_START in first_screen
     assert "bash .ci/run" in first_screen
     ci = (ROOT / ".ci" / "run").read_text()
     command = "python3 -m pytest -q tests"
