@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "keygen",
     "keys",
     "serve",
+    "install_service",
 ]
 
 EXIT_USAGE = 2

@@ -172,15 +172,18 @@ def generate_key(algorithm: str, bits: int = 2048) -> SigningKey:
     return SigningKey(algorithm, rsa.generate_private_key(public_exponent=65537, key_size=bits))
 
 
-def write_new_key(path: str, key: SigningKey) -> None:
+def write_new_key(path: str, key: SigningKey, owner: tuple[int, int] | None = None) -> None:
     """Create ``path`` with mode 0600 holding the PKCS#8 PEM key; never overwrite a file.
 
     The file is created with its final mode (``O_EXCL``), so the key is never readable by
-    others, not even for a moment; FileExistsError if it exists.
+    others, not even for a moment; FileExistsError if it exists.  ``owner``: (uid, gid) it is
+    given before the key is written (the service's user, which must be able to read it).
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)                    # the umask may only have removed bits; be exact
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(os.dup(fd), "wb") as fh:
             fh.write(key.private_pem())
     except BaseException:

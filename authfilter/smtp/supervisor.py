@@ -29,6 +29,7 @@ from ..config import Config, ConfigError
 from ..memory import keep_freed_buffers
 from ..metrics import Metrics, worker_listen
 from ..policy import PolicyError
+from ..systemd import notify
 from ..observers import BackgroundObserver, Observer
 from .server import ProxyServer, parse_address
 
@@ -37,7 +38,9 @@ log = logging.getLogger("authfilter.serve")
 ObserverFactory = Callable[[Config], list[Observer]]
 RESTART_WINDOW = 30.0          # seconds; a worker dying more often than MAX_RESTARTS in it
 MAX_RESTARTS = 5               # means something is wrong: stop instead of looping
-SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+# SIGUSR1: a worker has written to the supervisor's "listening" pipe (signals of one kind
+# coalesce, so the pipe's bytes are what is counted).
+SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
 
 class StartupError(Exception):
@@ -80,9 +83,11 @@ def make_executor(config: Config) -> Executor | None:
 
 # -- one worker ----------------------------------------------------------------------------
 async def run_worker(config_path: str | None, config: Config, *, workers: int,
-                     observer_factory: ObserverFactory, slot: int = 0, restarts: int = 0) -> int:
+                     observer_factory: ObserverFactory, slot: int = 0, restarts: int = 0,
+                     listening: Callable[[], None] = lambda: None) -> int:
     """One worker: ``slot`` numbers it among its siblings (for its metrics port), ``restarts``
-    says how often the supervisor has restarted this slot."""
+    says how often the supervisor has restarted this slot; ``listening`` is called once every
+    listener is bound."""
     loop = asyncio.get_running_loop()
     executor = make_executor(config)
     metrics = Metrics()
@@ -132,9 +137,11 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
     log.info("worker %d listening on %s, relaying to %s", os.getpid(),
              ", ".join(f"{h}:{p} ({lc.role})" for (h, p), lc in
                        zip(server.addresses(), config.proxy.listeners)), config.proxy.upstream)
+    listening()
     if executor is not None:                          # start the pool now, not on the first big message
         loop.run_in_executor(executor, int)
     await stop.wait()
+    notify("STOPPING=1")                  # only a worker that is the main process has the socket
     log.info("worker %d draining", os.getpid())
     await server.drain(server.config.proxy.drain_timeout)
     for observer in observers:
@@ -170,12 +177,16 @@ def serve(config_path: str | None, config: Config, observer_factory: ObserverFac
         runner = loop_runner(config)
         if workers == 1:
             return runner(run_worker(config_path, config, workers=1,
-                                     observer_factory=observer_factory))
+                                     observer_factory=observer_factory, listening=_ready))
         check_addresses(config)
     except StartupError as exc:
         log.error("%s", exc)
         return 1
     return Supervisor(config_path, config, workers, observer_factory, runner).run()
+
+
+def _ready() -> None:
+    notify("READY=1", f"MAINPID={os.getpid()}")
 
 
 class Supervisor:
@@ -191,6 +202,8 @@ class Supervisor:
         self.restarts: list[float] = []
         self.stopping = False
         self.gave_up = False
+        self.listening = 0                          # workers that said so, restarts included
+        self._listening_read, self._listening_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
@@ -201,7 +214,11 @@ class Supervisor:
         while self.children:
             timeout = 1.0 if deadline is None else max(0.05, min(1.0, deadline - time.monotonic()))
             info = signal.sigtimedwait(SUPERVISOR_SIGNALS, timeout)
-            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+            if info is not None and info.si_signo == signal.SIGUSR1:
+                self._worker_listening()
+            elif info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) \
+                    and not self.stopping:
+                notify("STOPPING=1")
                 self.stopping = True
                 deadline = time.monotonic() + self.config.proxy.drain_timeout + 10
                 self._signal_all(signal.SIGTERM)
@@ -214,15 +231,34 @@ class Supervisor:
                 deadline = None
         return 1 if self.gave_up else 0
 
+    def _worker_listening(self) -> None:
+        """Ready for the service manager once as many workers as configured listen."""
+        before = self.listening
+        try:
+            while chunk := os.read(self._listening_read, 64):
+                self.listening += len(chunk)
+        except BlockingIOError:
+            pass
+        if before < self.workers <= self.listening:
+            _ready()
+
+    def _say_listening(self, supervisor: int) -> None:
+        """In a worker: one byte into the pipe, then the signal that wakes the supervisor."""
+        os.write(self._listening_write, b".")
+        os.kill(supervisor, signal.SIGUSR1)
+
     def _spawn(self, slot: int) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:                                  # the worker
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                os.environ.pop("NOTIFY_SOCKET", None)     # the supervisor speaks for the service
                 code = self.runner(run_worker(self.config_path, self.config, workers=self.workers,
                                               observer_factory=self.observer_factory, slot=slot,
-                                              restarts=self.slot_restarts[slot]))
+                                              restarts=self.slot_restarts[slot],
+                                              listening=lambda: self._say_listening(supervisor)))
             except BaseException:
                 log.exception("worker crashed")
             finally:
