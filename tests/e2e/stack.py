@@ -100,7 +100,6 @@ class Postfix:
         text = text.replace("  -o smtpd_tls_security_level=encrypt\n  -o smtpd_sasl_auth_enable=yes\n",
                             "  -o smtpd_tls_security_level=none\n")
         text = text.replace("permit_sasl_authenticated,reject", "permit_mynetworks,reject")
-        text = text.replace("/etc/postfix/authfilter_header_checks", str(self.etc / "authfilter_header_checks"))
         if not reinjection:                       # the upstream "stopped": service commented out
             lines, in_service = [], False
             for line in text.split("\n"):
@@ -116,7 +115,6 @@ class Postfix:
         for d in (self.etc, self.queue, self.base / "data"):
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.base / "data", "postfix", "postfix")
-        shutil.copy(CONTRIB / "authfilter_header_checks", self.etc / "authfilter_header_checks")
         main = (CONTRIB / "main.cf").read_text() + f"""
 compatibility_level = 3.6
 queue_directory = {self.queue}

@@ -24,3 +24,12 @@ def test_quick_start_commands_are_the_ones_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     command = "python3 -m pytest -q tests"
     assert f"`{command}`" in first_screen and ci.rstrip().endswith(f"exec {command}")
+
+
+def test_the_postfix_files_in_the_readme_are_the_contrib_files():
+    for name in ("master.cf", "main.cf"):
+        marker = f"<!-- contrib/postfix/{name} -->\n```\n"
+        start = README.index(marker) + len(marker)
+        shown = README[start:README.index("```", start)]
+        assert shown == (ROOT / "contrib" / "postfix" / name).read_text(), \
+            f"README's {name} differs from contrib/postfix/{name}"
