@@ -35,7 +35,7 @@ from typing import AsyncIterator
 
 from .authres import HEADER_NAME, authserv_id_of, build_header, header_value
 from .dkimcore import BodyHashes
-from .logline import message_record
+from .logline import format_kv, message_record
 from .message import (HeaderField, Message, removal_of, split_field, with_fields_on_top,
                       without_fields)
 from .observers import BackgroundObserver, MessageEvent
@@ -225,7 +225,7 @@ class Transaction:
                                 peer=self.peer, size=self._size, verdict=d.verdict,
                                 action=d.decision, upstream_reply=upstream, reply=sent,
                                 elapsed=elapsed)
-        message_log.info("%s", rt.format_record(record))
+        message_log.info("%s", format_kv(record), extra={"fields": record})   # see logsetup
         rt.metrics.message_done(d.verdict, d.action, {"end_of_data": elapsed, **self._timings})
         event = MessageEvent(self.facts, d.verdict, d.decision, upstream, elapsed, self._headers)
         for observer in rt.observers:

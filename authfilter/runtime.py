@@ -14,7 +14,6 @@ from typing import Callable
 from .config import Config
 from .dns import Resolver
 from .engine import Engine, resolver_from_config
-from .logline import format_json, format_kv
 from .metrics import Metrics
 from .observers import Observer
 from .policy import Policy
@@ -63,6 +62,3 @@ class Runtime:
             metrics=metrics or Metrics(),
             authserv_id=config.general.effective_authserv_id(),
         )
-
-    def format_record(self, record: dict) -> str:
-        return format_json(record) if self.config.logging.format == "json" else format_kv(record)

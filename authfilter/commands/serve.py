@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from .common import add_config_argument, load_config_or_exit
-
-LOG_FORMAT = "authfilter[%(process)d]: %(levelname)s %(name)s: %(message)s"
 
 
 def register(sub) -> None:
@@ -21,11 +17,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..logsetup import configure
     from ..memory import keep_freed_buffers
     from ..reports.hooks import observers_from_config
     from ..smtp.supervisor import load_config, serve
 
     config = load_config_or_exit(args.config, load_config)
-    logging.basicConfig(level=config.logging.level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure(config)
     keep_freed_buffers()                    # before the workers fork: they inherit it
     return serve(args.config, config, observers_from_config)

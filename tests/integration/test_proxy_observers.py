@@ -106,6 +106,7 @@ def test_one_log_line_per_message_with_session_results_action_and_queue_id(
     import json
     import logging
 
+    from authfilter.logsetup import formatter_for
     from tests.proxyrunner import proxy_config
 
     publish_domain(zone, "example.org")
@@ -115,7 +116,10 @@ def test_one_log_line_per_message_with_session_results_action_and_queue_id(
     with caplog.at_level(logging.INFO, logger="authfilter.message"):
         send(proxy, signed(message()))
         send(proxy, signed(message()))
-    lines = [r.getMessage() for r in caplog.records if r.name == "authfilter.message"]
+    # rendered by the formatter serve installs for this format (authfilter.logsetup)
+    formatter = formatter_for(config)
+    lines = [formatter.format(r) if fmt == "json" else r.getMessage()
+             for r in caplog.records if r.name == "authfilter.message"]
     assert len(lines) == 2
     if fmt == "json":
         records = [json.loads(line) for line in lines]

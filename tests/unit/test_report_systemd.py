@@ -28,7 +28,7 @@ def test_service_runs_report_send_with_the_shared_state_directory():
     assert service["Type"] == "oneshot"
     assert service["StateDirectory"] == "authfilter"
     command = service["ExecStart"].split()
-    args = command[command.index("authfilter") + 1:]
-    parsed = build_parser().parse_args(args)
+    assert command[0] == "/opt/authfilter/bin/authfilter"       # the documented install
+    parsed = build_parser().parse_args(command[1:])
     assert (parsed.command, parsed.report_command) == ("report", "send")
     assert parsed.config == "/etc/authfilter/authfilter.toml"
