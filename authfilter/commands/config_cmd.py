@@ -19,6 +19,8 @@ def register(sub) -> None:
     s.add_argument("file", nargs="?", help="config file (default: embedded defaults)")
     s.add_argument("--config", "-c", dest="file_opt", metavar="FILE", help=argparse.SUPPRESS)
     s.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    s.add_argument("--changed", action="store_true",
+                   help="only what differs from the embedded defaults (as postconf -n)")
     s.set_defaults(func=run_show)
     r = cmds.add_parser("reference", help="print the config reference as a Markdown table")
     r.set_defaults(func=run_reference)
@@ -32,10 +34,27 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..config import to_dict, to_toml
+    from ..config import Config, to_dict, to_toml
     data = to_dict(load_config_or_exit(args.file or args.file_opt))
+    if args.changed:
+        data = changed(data, to_dict(Config()))
     sys.stdout.write(json.dumps(data, indent=2) + "\n" if args.json else to_toml(data))
     return 0
+
+
+def changed(data: dict, defaults: dict) -> dict:
+    """The keys of ``data`` whose values differ from ``defaults``, sections kept where they hold
+    one; an array of tables (listeners, signing keys) is one value, shown whole."""
+    out = {}
+    for key, value in data.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            inner = changed(value, default)
+            if inner:
+                out[key] = inner
+        elif value != default:
+            out[key] = value
+    return out
 
 
 def run_reference(args: argparse.Namespace) -> int:

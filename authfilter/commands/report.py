@@ -222,6 +222,7 @@ def summarize(rows, top: int) -> list[dict]:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from ..reports.backends import shown
     from ..reports.store import StoreError
 
     config = load_config_or_exit(args.config)
@@ -248,9 +249,11 @@ def run_show(args: argparse.Namespace) -> int:
                         for (name, b), (s, sent, note) in sorted(states.items())
                         if name == d["domain"] and since - config.reports.period < b < until]
     if args.json:
-        json.dump({"since": since, "until": until, "domains": domains}, sys.stdout)
+        json.dump({"store": shown(config.reports.store), "since": since, "until": until,
+                   "domains": domains}, sys.stdout)
         sys.stdout.write("\n")
         return 0
+    print(f"store {shown(config.reports.store)} ({args.config or 'embedded defaults'})")
     print(f"DMARC evaluations {_utc(since)} to {_utc(until)} UTC: {len(domains)} policy domains")
     for d in domains:
         dispositions = ", ".join(f"{k} {v}" for k, v in sorted(d["dispositions"].items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from .postgres import PostgresStore
 from .sqlite import SqliteStore
@@ -26,6 +27,16 @@ def default_store_url() -> str:
         return f"sqlite://{system / 'reports.sqlite'}"
     user = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return f"sqlite://{user.resolve() / 'authfilter' / 'reports.sqlite'}"
+
+
+def shown(url: str) -> str:
+    """The store's URL for people: the default filled in, a password hidden."""
+    url = url or default_store_url()
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.hostname}{port}"))
 
 
 def open_store(url: str = "") -> Store:

@@ -81,3 +81,17 @@ domain = "example.org"\nselector = "s1"\nkey_file = "{key}"\n''')
         outputs.append(r.stderr)
     assert outputs[0] == outputs[1]
     assert "no-such-policy" in outputs[0] and str(key) in outputs[0]
+
+
+def test_show_changed_prints_only_what_differs_and_means_the_same_config(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('[general]\nauthserv_id = "mx.example.org"\n[dns]\ntimeout = 2.0\n'
+                    '[[proxy.listeners]]\naddress = "127.0.0.1:2525"\n')
+    r = subprocess.run([sys.executable, "-m", "authfilter", "config", "show", "--changed", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    shown = tomllib.loads(r.stdout)
+    assert shown["general"] == {"authserv_id": "mx.example.org"}
+    assert "dns" not in shown                     # set in the file, but to the default
+    assert [lc["address"] for lc in shown["proxy"]["listeners"]] == ["127.0.0.1:2525"]
+    assert config.to_dict(config.from_dict(shown)) == config.to_dict(config.load(str(path)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,10 +62,12 @@ def test_generate_plain_xml_for_one_domain(cfg, tmp_path):
 def test_show_summarizes_per_domain(cfg, capsys):
     assert main(["report", "show", "-c", cfg, "--date", "2026-05-04", "--top", "1"]) == 0
     text = capsys.readouterr().out
+    assert text.startswith(f"store sqlite://{Path(cfg).parent / 'r.sqlite'} ({cfg})\n")
     assert "example.com: 9 messages, 5 pass, 4 fail (disposition: none 5, reject 4)" in text
     assert "top failing sources: 203.0.113.9 (3)\n" in text
     assert main(["report", "show", "-c", cfg, "--date", "2026-05-04", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
+    assert data["store"] == f"sqlite://{Path(cfg).parent / 'r.sqlite'}"
     example = data["domains"][0]
     assert (example["domain"], example["messages"], example["pass"], example["fail"]) == \
         ("example.com", 9, 5, 4)
@@ -98,3 +101,10 @@ def test_config_rejects_bad_report_settings(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "reports.store" in err and "reports.period: 7000 does not divide a day" in err
+
+
+def test_a_store_password_is_never_shown():
+    from authfilter.reports.backends import shown
+    assert shown("postgresql://dmarc:s3cret@db.example:5432/reports") == \
+        "postgresql://dmarc:***@db.example:5432/reports"
+    assert shown("postgresql://db.example/reports") == "postgresql://db.example/reports"
