@@ -65,17 +65,20 @@ def load_zone(zone, zonedata: dict) -> None:
                 zone.add(name, rdtype, value)
 
 
-@pytest.fixture
-def fast_resolver(zone):
-    """Short timeouts: the scenarios with TIMEOUT records should not slow the suite down."""
-    return Resolver([zone.address], timeout=0.15, lifetime=0.25)
+def resolver_for(zone, zonedata: dict) -> Resolver:
+    """Short timeouts where the scenario has TIMEOUT records (so it does not slow the suite
+    down), the usual ones elsewhere (so a loaded machine cannot turn an answer into a
+    temperror)."""
+    if "TIMEOUT" in repr(zonedata):
+        return Resolver([zone.address], timeout=0.15, lifetime=0.25)
+    return Resolver([zone.address], timeout=2.0, lifetime=5.0)
 
 
 @pytest.mark.parametrize(("zonedata", "case"), _suite_cases())
-def test_rfc7208_suite(zone, fast_resolver, zonedata, case):
+def test_rfc7208_suite(zone, zonedata, case):
     load_zone(zone, zonedata)
     facts = SessionFacts.create(str(case["host"]), case.get("helo"), case["mailfrom"])
-    result = asyncio.run(check_spf(facts, fast_resolver))
+    result = asyncio.run(check_spf(facts, resolver_for(zone, zonedata)))
     expected = case["result"] if isinstance(case["result"], list) else [case["result"]]
     assert result.result in expected, f"{case.get('spec')}: {result}"
     explanation = case.get("explanation")
