@@ -1,15 +1,15 @@
-"""One client connection: the SMTP server side of the proxy (RFC 5321 state machine).
+"""One client connection: the asyncio driver of the proxy's SMTP server side.
 
 An ``asyncio.Protocol`` appends received bytes to a :class:`ReceiveBuffer`; one coroutine per
-connection reads whole command lines and whole DATA blocks from it and answers.  Each client
-transaction is mirrored onto an upstream transaction (see :mod:`.upstream`): the client's MAIL
-and RCPT lines, parameters included, go up unchanged and the upstream's replies come back.
+connection reads whole command lines and whole DATA blocks from it and answers.  Which verb
+may come when, and what it changes, is the table in :mod:`.state`, which every verb asks; the
+upstream side of each transaction is :mod:`.relay`.  This module keeps the I/O (reading,
+writing, timeouts, STARTTLS, the PROXY protocol header) and each verb's own checks: syntax,
+limits, who may XFORWARD.  Timeouts and too many errors end the session with 421, never a
+silent close.
 
-States, as in Postfix's smtpd: before HELO/EHLO nothing but HELO, EHLO, NOOP, RSET, QUIT,
-XFORWARD, STARTTLS and HELP is accepted (503); MAIL opens a transaction; RCPT needs one; DATA
-needs an accepted recipient.  XFORWARD (trusted peers only) is allowed outside transactions and
-its attributes apply to the next transaction only (reset at end of data, RSET and EHLO).
-Timeouts and too many errors end the session with 421, never a silent close.
+What a session needs of the server that runs it is :class:`SessionHost`, defined here: the
+server imports this module, never the other way round.
 """
 from __future__ import annotations
 
@@ -19,18 +19,17 @@ import itertools
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ..pipeline import Transaction as MessageTransaction
 from ..results import SessionFacts
 from . import protocol as p
 from . import proxy_protocol
-from .message_flow import BROKEN, DONE, RESET, UpstreamState, handle_message
+from .generation import ProxyGeneration
+from .message_flow import BROKEN, RESET
 from .receiver import DataTooBig, LineTooLong, ReceiveBuffer
-from .upstream import UpstreamConnection, UpstreamError, set_nodelay
-
-if TYPE_CHECKING:
-    from .server import ProxyServer
+from .relay import Relay
+from .state import OUT_OF_ORDER, SessionState
+from .upstream import set_nodelay
 
 log = logging.getLogger("authfilter.proxy")
 
@@ -46,28 +45,35 @@ class SessionTimeout(Exception):
     pass
 
 
-class Transaction:
-    """One client transaction: the pipeline's side of it and the mirrored upstream one."""
+class SessionHost(Protocol):
+    """What a session asks of the server that runs it (:class:`~.server.ProxyServer`)."""
 
-    __slots__ = ("message", "recipients", "upstream", "broken")
+    @property
+    def generation(self) -> ProxyGeneration:
+        """The config generation in force: a session keeps the one it started with."""
 
-    def __init__(self, message: MessageTransaction, upstream: UpstreamConnection) -> None:
-        self.message = message
-        self.recipients = 0
-        self.upstream = upstream
-        self.broken = False            # the upstream failed mid-transaction: 451 until RSET
+    @property
+    def draining(self) -> bool:
+        """Shutting down: no new transactions."""
+
+    def refusal(self) -> bytes | None:
+        """The 421 a new session gets instead of the greeting, or None."""
+
+    def session_started(self, session: SmtpSession) -> None: ...
+
+    def session_ended(self, session: SmtpSession) -> None: ...
 
 
 _session_numbers = itertools.count(1)
 
 
 class SmtpSession(asyncio.Protocol):
-    def __init__(self, server: "ProxyServer", listener_index: int) -> None:
+    def __init__(self, host: SessionHost, listener_index: int) -> None:
         # unique on this host while the worker lives: worker pid and a counter, in hex
         self.id = f"{os.getpid():x}.{next(_session_numbers):x}"
-        self.server = server
+        self.host = host
         self.listener_index = listener_index
-        self.rt = server.generation               # config generation this session started with
+        self.rt = host.generation                 # config generation this session started with
         self.listener = self.rt.config.proxy.listeners[listener_index]
         self.buffer = ReceiveBuffer()
         self.transport: asyncio.Transport | None = None
@@ -80,15 +86,10 @@ class SmtpSession(asyncio.Protocol):
         self.peer_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(0)
         self.xforward_allowed = False
         self.deadline: float | None = None        # see Watchdog
-        self.tls = False
-        self.greeted = False
-        self.esmtp = False
-        self.helo_name: str | None = None
-        self.xforward: dict[str, str | None] | None = None
-        self.xforward_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-        self.tx: Transaction | None = None
+        self.state = SessionState()
+        self.relay = Relay(self.state, self.rt.pool(listener_index), self.rt.metrics)
         self.errors = 0
-        self.idle = False
+        self.idle = False            # waiting for a command outside a transaction (drain)
         self.closing = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -99,7 +100,7 @@ class SmtpSession(asyncio.Protocol):
         if isinstance(peer, tuple):
             self._set_peer(peer[0].split("%")[0], peer[1])
         self.task = asyncio.get_running_loop().create_task(self.run())
-        self.server.session_started(self)
+        self.host.session_started(self)
 
     def _set_peer(self, host: str, port: int) -> None:
         """The SMTP client: the socket's peer, or the one a PROXY protocol header names."""
@@ -189,7 +190,7 @@ class SmtpSession(asyncio.Protocol):
         try:
             if self.listener.proxy_protocol and not await self._read_proxy_header():
                 return
-            refusal = self.server.refusal()
+            refusal = self.host.refusal()
             if refusal is not None:
                 self.write(refusal)
                 return
@@ -207,21 +208,15 @@ class SmtpSession(asyncio.Protocol):
             log.exception("session with %s failed", self.peer[0])
             self.write(b"421 4.3.0 Internal error, closing connection\r\n")
         finally:
-            await self._abandon_transaction()
+            await self.relay.end(RESET)
             if self.transport is not None:
                 self.transport.close()
-            self.server.session_ended(self)
+            self.host.session_ended(self)
 
     async def _command_loop(self) -> None:
-        handlers = {
-            "EHLO": self.smtp_ehlo, "HELO": self.smtp_helo, "MAIL": self.smtp_mail,
-            "RCPT": self.smtp_rcpt, "DATA": self.smtp_data, "RSET": self.smtp_rset,
-            "NOOP": self.smtp_noop, "QUIT": self.smtp_quit, "VRFY": self.smtp_vrfy,
-            "HELP": self.smtp_help, "XFORWARD": self.smtp_xforward, "STARTTLS": self.smtp_starttls,
-        }
         while not self.closing:
-            self.idle = self.tx is None
-            if self.idle and self.server.draining:
+            self.idle = not self.state.in_transaction
+            if self.idle and self.host.draining:
                 self.write(p.SHUTTING_DOWN)
                 return
             try:
@@ -235,11 +230,11 @@ class SmtpSession(asyncio.Protocol):
                 self._error(p.BAD_BYTES)
                 continue
             verb, arg = p.split_command(line)
-            handler = handlers.get(verb)
+            handler = HANDLERS.get(verb)
             if handler is None:
                 self._error(p.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED_VERBS else p.NOT_RECOGNIZED)
                 continue
-            await handler(arg)
+            await handler(self, arg)
 
     def _error(self, reply: bytes) -> None:
         """A protocol error: answer, and hang up after too many (RFC 5321 s. 4.3.2 421)."""
@@ -248,6 +243,15 @@ class SmtpSession(asyncio.Protocol):
         if self.errors >= self.rt.config.proxy.max_errors:
             self.write(p.TOO_MANY_ERRORS)
             self.closing = True
+
+    def _out_of_order(self, verb: str) -> bool:
+        """Whether ``verb`` may not come now (the table in :mod:`.state`); if so, it is
+        answered as an error."""
+        refusal = self.state.refusal(verb)
+        if refusal is None:
+            return False
+        self._error(refusal)
+        return True
 
     def shut_down_if_idle(self) -> None:
         """Drain: a session waiting for a command outside a transaction ends now."""
@@ -262,58 +266,59 @@ class SmtpSession(asyncio.Protocol):
         """The client as the checks see it: XFORWARD's (never mixed with ours, XFORWARD_README
         note 4) or the connection's.  ADDR=[UNAVAILABLE]: Postfix could not name the client,
         which it does for a forwarded local submission (vouched for, as before: issue 15)."""
-        role = self.listener.role
-        if self.xforward is not None:
-            ip = self.xforward_ip
+        role, state = self.listener.role, self.state
+        if state.xforward is not None:
+            ip = state.xforward_ip
             if ip is None:
                 return SessionFacts(self.peer_ip, None, mail_from, trusted=True, role=role)
-            helo = self.xforward.get("HELO") or None
+            helo = state.xforward.get("HELO") or None
         else:
-            ip, helo = self.peer_ip, self.helo_name
+            ip, helo = self.peer_ip, state.helo_name
         return SessionFacts(ip, helo, mail_from, role=role)
 
     def upstream_xforward(self) -> dict[str, str | None]:
         """What the upstream should log as the client: the forwarded attributes, or ours."""
-        if self.xforward is not None:
-            return self.xforward
+        state = self.state
+        if state.xforward is not None:
+            return state.xforward
         return {"NAME": None, "ADDR": self.peer[0], "PORT": str(self.peer[1]),
-                "PROTO": "ESMTP" if self.esmtp else "SMTP", "HELO": self.helo_name,
+                "PROTO": "ESMTP" if state.esmtp else "SMTP", "HELO": state.helo_name,
                 "SOURCE": "REMOTE"}
 
     # -- commands ----------------------------------------------------------------------------
+    # Each verb asks the state table first, except where its own checks come before (DATA's
+    # syntax, whether the peer may XFORWARD, whether TLS is offered): the order of the checks
+    # decides which reply a command with several faults gets.
     async def smtp_ehlo(self, arg: bytes) -> None:
-        await self._greet(arg, esmtp=True)
+        await self._greet("EHLO", arg, esmtp=True)
 
     async def smtp_helo(self, arg: bytes) -> None:
-        await self._greet(arg, esmtp=False)
+        await self._greet("HELO", arg, esmtp=False)
 
-    async def _greet(self, arg: bytes, *, esmtp: bool) -> None:
+    async def _greet(self, verb: str, arg: bytes, *, esmtp: bool) -> None:
+        if self._out_of_order(verb):
+            return
         name = p.helo_argument(arg)
         if name is None:
-            self._error(p.reply(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname"))
+            self._error(p.reply(501, f"5.5.4 Syntax: {verb} hostname"))
             return
-        await self._abandon_transaction()            # RFC 5321 s. 4.1.4: like RSET
-        self.xforward = None
-        self.greeted, self.esmtp, self.helo_name = True, esmtp, name
+        await self.relay.end(RESET)                  # RFC 5321 s. 4.1.4: like RSET
+        self.state.greeted(name, esmtp=esmtp)
         if not esmtp:
             self.write(f"250 {self.rt.hostname}\r\n".encode())
             return
         lines = [self.rt.hostname, "PIPELINING", f"SIZE {self.rt.config.proxy.max_message_size}",
                  "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN"]
-        if self.rt.tls_context(self.listener_index) is not None and not self.tls:
+        if self.rt.tls_context(self.listener_index) is not None and not self.state.tls:
             lines.append("STARTTLS")
         if self.xforward_allowed:
             lines.append(p.XFORWARD_EHLO_KEYWORD)
         self.write(p.reply(250, "\n".join(lines)))
 
     async def smtp_mail(self, arg: bytes) -> None:
-        if not self.greeted:
-            self._error(p.NEED_HELO)
+        if self._out_of_order("MAIL"):
             return
-        if self.tx is not None:
-            self._error(p.NESTED_MAIL)
-            return
-        if self.server.draining:
+        if self.host.draining:
             self.write(p.SHUTTING_DOWN)
             self.closing = True
             return
@@ -329,127 +334,88 @@ class SmtpSession(asyncio.Protocol):
         # SPF starts here: its DNS overlaps RCPT and DATA
         message = self.rt.pipeline.begin(self.facts(path.address), arc_seal=self.listener.arc_seal,
                                          session=self.id, peer=self.peer[0])
-        try:
-            conn, reply = await self.rt.pool(self.listener_index).begin(
-                self.upstream_xforward(), b"MAIL " + arg + p.CRLF)
-        except UpstreamError as exc:
-            log.warning("upstream unavailable at MAIL from %s: %s", message.facts.client_ip, exc)
-            message.abandon()
-            self.write(p.UPSTREAM_UNAVAILABLE)
-            return
-        if not reply.positive or reply.code == 421:
-            message.abandon()
-            if reply.code == 421:
-                conn.close()
-                self.write(p.UPSTREAM_UNAVAILABLE)
-            else:
-                self.rt.pool(self.listener_index).release(conn)
-                self.write(reply.to_bytes())
-            return
-        self.tx = Transaction(message, conn)
-        self.write(reply.to_bytes())
+        self.write(await self.relay.mail(message, self.upstream_xforward(), b"MAIL " + arg + p.CRLF))
 
     async def smtp_rcpt(self, arg: bytes) -> None:
-        tx = self.tx
-        if tx is None:
-            self._error(p.NEED_MAIL)
+        if self._out_of_order("RCPT"):
             return
         try:
             path = p.parse_path_argument(arg, "TO:", allowed=p.RCPT_PARAMETERS, null_allowed=False)
         except p.SyntaxProblem as problem:
             self._error(problem.reply)
             return
-        if tx.broken:
+        if self.relay.broken:
             self.write(p.UPSTREAM_UNAVAILABLE)
             return
-        if tx.recipients >= self.rt.config.proxy.max_recipients:
+        if self.state.recipients >= self.rt.config.proxy.max_recipients:
             self.write(p.TOO_MANY_RCPT)
             return
-        try:
-            reply = await tx.upstream.command(b"RCPT " + arg + p.CRLF)
-        except UpstreamError as exc:
-            log.warning("upstream failed at RCPT: %s", exc)
-            tx.broken = True
-            self.write(p.UPSTREAM_UNAVAILABLE)
-            return
-        if reply.code == 421:
-            tx.upstream.close()
-            tx.broken = True
-            self.write(p.UPSTREAM_UNAVAILABLE)
-            return
-        if reply.positive:
-            tx.recipients += 1
-            tx.message.add_recipient(path.address)
-        self.write(reply.to_bytes())
+        self.write(await self.relay.recipient(b"RCPT " + arg + p.CRLF, path.address))
 
     async def smtp_data(self, arg: bytes) -> None:
-        tx = self.tx
         if arg:
             self._error(p.reply(501, "5.5.4 Syntax: DATA"))
             return
-        if tx is None:
-            self._error(p.NEED_MAIL if self.greeted else p.NEED_HELO)
-            return
-        if tx.broken:
+        if self.relay.broken:                        # (so in a transaction) 451 until RSET
             self.write(p.UPSTREAM_UNAVAILABLE)
-            await self._end_transaction(BROKEN)
+            await self.relay.end(BROKEN)
             return
-        if not tx.recipients:
-            self._error(p.NO_VALID_RCPT)
+        if self._out_of_order("DATA"):
             return
         self.write(p.START_DATA)
         try:
             content = await self.read_data()
         except DataTooBig as big:
-            log.info("message from %s too big (%d bytes or more)", tx.message.facts.client_ip,
-                     big.size)
+            log.info("message from %s too big (%d bytes or more)",
+                     self.relay.message.facts.client_ip, big.size)
             self.write(p.SIZE_EXCEEDED)
-            await self._end_transaction(RESET)
+            await self.relay.end(RESET)
             return
         wire, bare_lf = self.buffer.release_block()
-        outcome = await handle_message(tx.message, content, wire, bare_lf, tx.upstream,
-                                       lambda: self.alive, self.rt.metrics)
+        outcome = await self.relay.data(content, wire, bare_lf, lambda: self.alive)
         if outcome.reply is not None:
             self.write(outcome.reply)
-        await self._end_transaction(outcome.upstream)
+        await self.relay.end(outcome.upstream)
 
     async def smtp_rset(self, arg: bytes) -> None:
+        if self._out_of_order("RSET"):
+            return
         if arg:
             self._error(p.reply(501, "5.5.4 Syntax: RSET"))
             return
-        await self._abandon_transaction()
-        self.xforward = None
+        await self.relay.end(RESET)
+        self.state.reset()
         self.write(p.RESET_OK)
 
     async def smtp_noop(self, arg: bytes) -> None:
-        self.write(p.OK)
+        if not self._out_of_order("NOOP"):
+            self.write(p.OK)
 
     async def smtp_quit(self, arg: bytes) -> None:
-        self.write(p.BYE)
-        self.closing = True
+        if not self._out_of_order("QUIT"):
+            self.write(p.BYE)
+            self.closing = True
 
     async def smtp_vrfy(self, arg: bytes) -> None:
-        self.write(p.VRFY_REPLY)
+        if not self._out_of_order("VRFY"):
+            self.write(p.VRFY_REPLY)
 
     async def smtp_help(self, arg: bytes) -> None:
-        self.write(p.HELP_REPLY)
+        if not self._out_of_order("HELP"):
+            self.write(p.HELP_REPLY)
 
     async def smtp_xforward(self, arg: bytes) -> None:
         if not self.xforward_allowed:
             self._error(p.XFORWARD_DENIED)
             return
-        if self.tx is not None:
-            self._error(p.XFORWARD_IN_TRANSACTION)
+        if self._out_of_order("XFORWARD"):
             return
         try:
-            attrs = p.parse_xforward(arg)
+            attributes = p.parse_xforward(arg)
         except p.SyntaxProblem as problem:
             self._error(problem.reply)
             return
-        if self.xforward is None:       # the first XFORWARD: everything else unavailable
-            self.xforward = dict.fromkeys(p.XFORWARD_ATTRIBUTES)
-        self.xforward.update(attrs)
-        self.xforward_ip = p.xforward_client_ip(self.xforward)
+        self.state.forwarded(attributes)
         self.write(p.OK)
 
     async def smtp_starttls(self, arg: bytes) -> None:
@@ -457,14 +423,13 @@ class SmtpSession(asyncio.Protocol):
         if context is None:
             self._error(p.NOT_IMPLEMENTED)
             return
-        if self.tls:
+        if self.state.tls:
             self._error(p.TLS_ALREADY)
             return
         if arg:
             self._error(p.reply(501, "5.5.4 Syntax: STARTTLS"))
             return
-        if self.tx is not None:
-            self._error(p.XFORWARD_IN_TRANSACTION)
+        if self._out_of_order("STARTTLS"):
             return
         self.write(p.TLS_READY)
         self.buffer.clear()          # RFC 3207 s. 4.2: nothing pipelined before TLS counts
@@ -478,31 +443,9 @@ class SmtpSession(asyncio.Protocol):
         if transport is None:
             raise ClientGone()
         self.transport = transport
-        self.tls = True
-        self.greeted, self.esmtp, self.helo_name, self.xforward = False, False, None, None
+        self.state.tls_started()
 
-    # -- ending transactions -----------------------------------------------------------------
-    async def _end_transaction(self, upstream_state: UpstreamState) -> None:
-        """After end of data (or a refusal of it): release, reset or drop the upstream side."""
-        tx, self.tx = self.tx, None
-        self.xforward = None              # XFORWARD_README: reset after DOT
-        if tx is None:
-            return
-        tx.message.abandon()
-        pool = self.rt.pool(self.listener_index)
-        if upstream_state == DONE:
-            pool.release(tx.upstream)
-        elif upstream_state == BROKEN or tx.broken:
-            tx.upstream.close()
-        elif await tx.upstream.reset():
-            pool.release(tx.upstream)
-        else:
-            tx.upstream.close()
-
-    async def _abandon_transaction(self) -> None:
-        if self.tx is not None:
-            await self._end_transaction(BROKEN if self.tx.broken else RESET)
-
+    # -- the PROXY protocol header -----------------------------------------------------------
     async def _read_proxy_header(self) -> bool:
         if not self.rt.proxy_protocol_hosts.contains(self.peer_ip):
             log.warning("PROXY protocol header expected from untrusted %s; closing", self.peer[0])
@@ -521,3 +464,6 @@ class SmtpSession(asyncio.Protocol):
                 return True
             await self._wait_input(self.rt.config.proxy.command_timeout)
 
+
+HANDLERS = {verb: getattr(SmtpSession, "smtp_" + verb.lower()) for verb in OUT_OF_ORDER}
+"""The verbs of the state table, each with its ``smtp_<verb>`` method: nothing else is answered."""
