@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 MAX_HEADER_FIELDS = 10_000          # past this the rest of the header block is ignored (errors says so)
+MAX_ERRORS = 20                     # problems described per message; the rest are counted
 _BARE_LF = re.compile(rb"\n(?<!\r\n)")    # starts with the literal LF: re scans for it at C speed
 _FIELD_LINE = re.compile(rb"^([!-9;-~]+[ \t]*):", re.ASCII)   # RFC 5322 ftext, obs WSP before ':' kept
 
@@ -26,6 +27,15 @@ def normalize_line_ends(raw: bytes) -> bytes:
     if _BARE_LF.search(raw) is None:
         return raw
     return _BARE_LF.sub(b"\r\n", raw)
+
+
+def _note(errors: list[str], problem: str) -> None:
+    """Describe a problem with the message, up to :data:`MAX_ERRORS` of them (a header of a
+    million bad lines must not make a million strings)."""
+    if len(errors) < MAX_ERRORS:
+        errors.append(problem)
+    elif len(errors) == MAX_ERRORS:
+        errors.append("more problems in the header block, not listed")
 
 
 @dataclass(slots=True)
@@ -58,23 +68,32 @@ class Message:
                 head, body, header_length = raw[:end + 2], raw[end + 4:], end + 4
         headers: list[tuple[bytes, bytes]] = []
         positions: dict[bytes, list[int]] = {}
+        # A field's continuation lines are collected and joined once, when the next field
+        # starts: linear in the header's size however often a field is folded.
+        folded: list[bytes] | None = None        # the last field's lines while it has several
         for line in head.split(b"\r\n")[:-1] if head else ():
             if line[:1] in (b" ", b"\t"):
-                if headers:
-                    name, value = headers[-1]
-                    headers[-1] = (name, value + line + b"\r\n")
+                if not headers:
+                    _note(errors, "header block starts with a continuation line")
+                elif folded is None:
+                    folded = [headers[-1][1], line, b"\r\n"]
                 else:
-                    errors.append("header block starts with a continuation line")
+                    folded += (line, b"\r\n")
                 continue
+            if folded is not None:
+                headers[-1] = (headers[-1][0], b"".join(folded))
+                folded = None
             if len(headers) >= MAX_HEADER_FIELDS:
-                errors.append(f"more than {MAX_HEADER_FIELDS} header fields; the rest ignored")
+                _note(errors, f"more than {MAX_HEADER_FIELDS} header fields; the rest ignored")
                 break
             m = _FIELD_LINE.match(line)
             if m is None:
-                errors.append(f"malformed header line: {line[:60]!r}")
+                _note(errors, f"malformed header line: {line[:60]!r}")
                 continue
             positions.setdefault(field_name(m.group(1)), []).append(len(headers))
             headers.append((m.group(1), line[m.end():] + b"\r\n"))
+        if folded is not None:
+            headers[-1] = (headers[-1][0], b"".join(folded))
         return cls(raw, headers, body, header_length, errors, positions)
 
     def get_all(self, name: bytes) -> list[bytes]:

@@ -1,4 +1,4 @@
-from authfilter.message import MAX_HEADER_FIELDS, Message, unfold
+from authfilter.message import MAX_ERRORS, MAX_HEADER_FIELDS, Message, unfold
 
 
 def test_fields_keep_exact_bytes_and_folding():
@@ -53,3 +53,25 @@ def test_fields_are_found_by_name_whatever_the_case_and_wsp_before_the_colon():
     assert m.count(b"dkim-SIGNATURE") == 2 and m.count(b"Received") == 0
     assert m.indexes_of([b"arc-seal", b"dkim-signature"]) == [1, 3, 4]
     assert m.indexes_of([b"x"]) == [2] and m.indexes_of([b"received"]) == []
+
+
+def test_a_field_folded_many_times_keeps_every_line_in_order():
+    """RFC 5322 s. 2.2.3: a folded field is its lines joined; joined once, not per line (a
+    fold bomb of 400,000 lines parsed in 11.7 s when each line copied the value so far)."""
+    lines = [f" part {i}\r\n".encode() for i in range(50_000)]
+    m = Message.parse(b"Subject: start\r\n" + b"".join(lines) + b"From: a@example.org\r\n\r\nbody\r\n")
+    assert [name for name, _ in m.headers] == [b"Subject", b"From"]
+    assert m.headers[0][1] == b" start\r\n" + b"".join(lines)
+    assert m.get_all(b"from") == [b" a@example.org\r\n"] and m.body == b"body\r\n"
+
+
+def test_continuation_lines_after_a_malformed_line_stay_with_the_field_before_it():
+    m = Message.parse(b"A: 1\r\n 2\r\nB: 3\r\nnot a field\r\n\tmore\r\nC: 4\r\n\r\n")
+    assert m.headers == [(b"A", b" 1\r\n 2\r\n"), (b"B", b" 3\r\n\tmore\r\n"), (b"C", b" 4\r\n")]
+    assert m.errors == ["malformed header line: b'not a field'"]
+
+
+def test_problems_are_described_up_to_a_limit():
+    m = Message.parse(b"bad line\r\n" * 1000 + b"From: a@example.org\r\n\r\n")
+    assert len(m.errors) == MAX_ERRORS + 1 and m.errors[-1].startswith("more problems")
+    assert m.get_all(b"from") == [b" a@example.org\r\n"]
