@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.errors import HeaderParseError
+from email.errors import MessageError
 from email.header import decode_header, make_header
 from functools import lru_cache
 from typing import NamedTuple, Sequence
@@ -385,5 +385,7 @@ def _display_name(words: list[_Token]) -> str | None:
 def _decode_encoded_word(word: str) -> str:
     try:
         return str(make_header(decode_header(word)))
-    except (HeaderParseError, LookupError, UnicodeError, ValueError):
-        return word                                  # unknown charset or bad encoding: as written
+    except (MessageError, LookupError, UnicodeError, ValueError):
+        # HeaderParseError, CharsetError (a charset name that is not one), unknown charsets,
+        # bad base64 or quoted-printable: the word as written (RFC 2047 s. 6.3 allows it)
+        return word

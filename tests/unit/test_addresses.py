@@ -103,6 +103,15 @@ def test_display_names_are_decoded_for_humans_only():
     assert box.display_name == "=?bogus-charset?q?x?="
 
 
+@pytest.mark.parametrize("word", ["=?ut\xa7-8?q?x?=", "=?utf-8?b?####?=", "=?utf-8?q?=ZZ?=",
+                                  "=?\u00e9?q?x?=", "=?utf-8*fr?q?x?="])
+def test_a_malformed_encoded_word_is_kept_as_written_never_an_error(word):
+    """RFC 2047 s. 6.3: a word that cannot be decoded may be shown as it is.  The first one
+    (a charset name with a non-ASCII byte) raised CharsetError out of the checks."""
+    (box,) = parse_address_list(f"{word} <j@example.com>".encode("utf-8", "surrogateescape"))
+    assert box.domain == "example.com" and box.local_part == "j"
+
+
 def test_legacy_8bit_display_name_is_tolerated_and_made_readable():
     (box,) = parse_address_list(b"J\xf6rg <j@example.com>\r\n")
     assert box.domain == "example.com" and box.display_name == "J\ufffdrg"
