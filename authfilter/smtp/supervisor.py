@@ -185,6 +185,15 @@ def serve(config_path: str | None, config: Config, observer_factory: ObserverFac
     return Supervisor(config_path, config, workers, observer_factory, runner).run()
 
 
+def _end_group(worker: int) -> None:
+    """Stop what a worker that has exited left behind in its process group: a worker killed
+    with SIGKILL cannot stop its offload pool, forkserver and resource tracker itself."""
+    try:
+        os.killpg(worker, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass                                            # nothing left: the usual case
+
+
 def _ready() -> None:
     notify("READY=1", f"MAINPID={os.getpid()}")
 
@@ -253,6 +262,7 @@ class Supervisor:
         if pid == 0:                                  # the worker
             code = 1
             try:
+                os.setpgid(0, 0)          # its own group: its helpers go with it (_end_group)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 os.environ.pop("NOTIFY_SOCKET", None)     # the supervisor speaks for the service
                 code = self.runner(run_worker(self.config_path, self.config, workers=self.workers,
@@ -295,6 +305,7 @@ class Supervisor:
             slot = self.children.pop(pid, None)
             if slot is None:
                 continue
+            _end_group(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 continue
