@@ -2,6 +2,8 @@
 
 We write the header ourselves rather than through the ``authres`` package: building is a few
 string joins, and we need properties the package has no keyword for (``header.b``).  The tests parse what we write with ``authres`` to prove it is well formed.
+Each check writes its own results (``Check.authres``, :mod:`authfilter.checks.base`) with
+:func:`property_value` and :func:`comment`; this module puts them in one header.
 
 Stripping (RFC 8601 §5): any Authentication-Results field whose authserv-id equals ours was not
 written by us for this message (we add ours after stripping), so it is removed.  Only the
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 
 from .message import normalize_line_ends
-from .results import SessionFacts, SpfResult, Verdict
+from .results import SessionFacts, Verdict
 
 HEADER_NAME = "Authentication-Results"
 MAX_COMMENT = 200
@@ -21,14 +23,15 @@ MAX_COMMENT = 200
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~@/]+$")
 
 
-def _value(v: str) -> str:
+def property_value(v: str) -> str:
     """A property value: bare when it is a token or local@domain, else a quoted-string."""
     if v and _TOKEN.match(v) and v.count("@") <= 1:
         return v
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _comment(text: str | None) -> str:
+def comment(text: str | None) -> str:
+    """`` (text)`` on one line, shortened and escaped as a comment; empty for no text."""
     if not text:
         return ""
     text = " ".join(text.split())  # one line: no CR/LF/tabs from DNS or library messages
@@ -38,61 +41,24 @@ def _comment(text: str | None) -> str:
     return " (" + re.sub(r"([()\\])", r"\\\1", text) + ")"
 
 
-def _spf(result: SpfResult, facts: SessionFacts) -> str:
-    # The comment names the client the check judged (the real one, from XFORWARD).
-    note = f"client {facts.client_ip}" + (f": {result.reason}" if result.reason else "")
-    out = f"spf={result.result}{_comment(note)}"
-    if result.identity == "helo":
-        return out + (f" smtp.helo={_value(result.domain)}" if result.domain else "")
-    if result.domain:
-        out += f" smtp.mailfrom={_value(result.sender or result.domain)}"
-    return out
-
-
 def result_strings(facts: SessionFacts, verdict: Verdict) -> list[str]:
-    """One ``method=result ...`` string per result, in the order they appear in the header."""
-    parts = [_spf(verdict.spf, facts)]
-    if verdict.helo_spf is not None:
-        parts.append(_spf(verdict.helo_spf, facts))
-    if not verdict.dkim:
-        parts.append("dkim=none")
-    for d in verdict.dkim:
-        s = f"dkim={d.result}{_comment(d.reason)}"
-        for prop, val in (("header.d", d.domain), ("header.i", d.identity), ("header.s", d.selector),
-                          ("header.a", d.algorithm), ("header.b", d.header_b)):
-            if val:
-                s += f" {prop}={_value(val)}"
-        parts.append(s)
-    a = verdict.arc
-    s = f"arc={a.result}{_comment(a.reason)}"
-    if a.instances:
-        s += _comment(f"i={a.instances}" + (f" sealers={','.join(a.sealers)}" if a.sealers else ""))
-        if a.oldest_pass is not None:
-            s += f" header.oldest-pass={a.oldest_pass}"
-        s += f" smtp.remote-ip={facts.client_ip}"
-    parts.append(s)
-    m = verdict.dmarc
-    note = f"p={m.policy} dis={m.disposition.upper()}" + (" t=y" if m.testing else "")
-    if m.reason and m.result != "pass":
-        note += f"; {m.reason}"
-    s = f"dmarc={m.result}{_comment(note)}"
-    if m.from_domain:
-        s += f" header.from={_value(m.from_domain)}"
-    # The policy and disposition go in the comment, as OpenDMARC writes them, not as a
-    # policy.dmarc= property: common scripts read every "dmarc=" token as a result word.
-    parts.append(s)
+    """One ``method=result ...`` string per result, in the order they appear in the header:
+    each check's own (:meth:`~authfilter.checks.base.Check.authres`), in registry order."""
+    parts: list[str] = []
+    for check, result in verdict.reported():
+        parts += check.authres(result, facts)
     return parts
 
 
 def build_header(authserv_id: str, facts: SessionFacts, verdict: Verdict) -> str:
     """The whole field, folded one result per line, ending in CRLF."""
-    body = ";\r\n\t".join([_value(authserv_id)] + result_strings(facts, verdict))
+    body = ";\r\n\t".join([property_value(authserv_id)] + result_strings(facts, verdict))
     return f"{HEADER_NAME}: {body}\r\n"
 
 
 def header_value(authserv_id: str, facts: SessionFacts, verdict: Verdict) -> str:
     """The same header unfolded on one line, without the field name (for logs and JSON)."""
-    return "; ".join([_value(authserv_id)] + result_strings(facts, verdict))
+    return "; ".join([property_value(authserv_id)] + result_strings(facts, verdict))
 
 
 # -- stripping ------------------------------------------------------------------------------

@@ -1,33 +1,43 @@
-"""The verification engine: SPF, DKIM, ARC and DMARC for one message, returning a Verdict.
+"""The verification engine: every registered check (:mod:`authfilter.checks`) on one message.
 
 It knows nothing of sockets or files: it takes the session facts, the raw message and a
-:class:`~authfilter.dns.Resolver`, and returns typed results.  Front-ends (the SMTP proxy, the
-CLI) only feed it and act on its verdict.
+:class:`~authfilter.dns.Resolver`, and returns a typed :class:`~authfilter.results.Verdict`.
+Front-ends (the SMTP proxy, the CLI) only feed it and act on its verdict.
 
-Order of work for one message, to overlap DNS round trips:
+Order of work for one message, to overlap DNS round trips (the kinds of check are
+:mod:`authfilter.checks.base`'s):
 
-1. SPF can start as soon as MAIL FROM is known (:meth:`Engine.start_spf`).
-2. At end of data, the DKIM and ARC key records and the DMARC policy discovery are fetched
-   concurrently.
-3. The CPU part (canonicalization, hashing, signature checks) runs with no I/O at all; for big
-   messages it is handed to an executor when other sessions share the event loop, so that
-   they are served meanwhile.
-4. DMARC combines the SPF and DKIM results with the discovered policy.
+1. Envelope checks (SPF) can start as soon as MAIL FROM is known (:meth:`Engine.start_spf`).
+2. At end of data, the TXT records the content checks read (DKIM and ARC keys) are fetched
+   concurrently, while the dependent checks prepare (DMARC policy discovery).
+3. The CPU part (canonicalization, hashing, signature checks: every content check's
+   ``verify``) runs with no I/O at all; for big messages it is handed to an executor when other
+   sessions share the event loop, so that they are served meanwhile.
+4. The dependent checks, in registry order, combine what they prepared with the results they
+   require (DMARC: SPF and DKIM).
+
+Each check is timed (``Verdict.seconds``: the time of its stages, DNS waits included; they
+overlap, so the times do not add up to the whole) and contained: a check that raises is logged
+and gets its temperror result (:meth:`~authfilter.checks.base.Check.temperror`), and the
+others run on.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import Executor
-from typing import Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from .checks import arc, dkim, dmarc
-from .checks import spf as spf_check
+from .checks import REGISTRY, Registry
+from .checks.base import Check, ContentCheck, DependentCheck, MessageContext
 from .config import Config
 from .dkimcore import BodyHashes
 from .dns import DnsAnswer, Resolver
 from .message import Message
-from .results import ArcResult, DkimResult, SessionFacts, SpfResult, Verdict
+from .results import CheckOutcomes, SessionFacts, Verdict
+
+log = logging.getLogger("authfilter.engine")
 
 # Messages at least this big have their signatures checked in the executor (if one is given)
 # while other sessions share the event loop: they would wait about 5 ms per MB (canonicalization
@@ -42,27 +52,69 @@ def resolver_from_config(config: Config) -> Resolver:
                     failure_ttl=d.failure_ttl)
 
 
-def verify_crypto(message: Message, keys: Mapping[str, DnsAnswer], config: Config,
-                  now: float, bodies: BodyHashes | None = None
-                  ) -> tuple[tuple[DkimResult, ...], ArcResult]:
-    """All the CPU work of one message, no I/O.  ``bodies`` (the message body's hashes, shared
-    by DKIM, ARC and then our own ARC seal) is made here when not given."""
+def verify_crypto(checks: Sequence[ContentCheck], facts: SessionFacts, message: Message,
+                  keys: Mapping[str, DnsAnswer], config: Config, now: float,
+                  bodies: BodyHashes | None = None) -> CheckOutcomes:
+    """All the CPU work of one message, no I/O: every content check's ``verify``, each timed
+    and contained.  ``bodies`` (the message body's hashes, shared by DKIM, ARC and then our own
+    ARC seal) is made here when not given."""
     bodies = bodies or BodyHashes(message.body)
-    dkim_results = dkim.verify_signatures(message, keys, config.dkim, now, bodies)
-    arc_result = arc.validate_chain(message, keys, now, config.dkim.min_rsa_bits, bodies) \
-        if config.arc.enabled else ArcResult("none", reason="ARC validation disabled")
-    return dkim_results, arc_result
+    found = CheckOutcomes()
+    for check in checks:
+        start = time.perf_counter()
+        result = _call(check, facts, found, check.verify, message, keys, config, now, bodies)
+        found.results.setdefault(check.name, result)
+        found.add_seconds(check.name, time.perf_counter() - start)
+    return found
 
 
-def verify_crypto_of_raw(raw: bytes, keys: Mapping[str, DnsAnswer], config: Config, now: float
-                         ) -> tuple[tuple[DkimResult, ...], ArcResult, dict]:
+def verify_crypto_of_raw(checks: Sequence[ContentCheck], facts: SessionFacts, raw: bytes,
+                         keys: Mapping[str, DnsAnswer], config: Config, now: float
+                         ) -> tuple[CheckOutcomes, dict]:
     """:func:`verify_crypto` for a worker process: only the raw bytes cross the process
-    boundary (pickling a parsed Message would copy the message twice), and only the body
-    hashes computed come back.  ``raw`` is a :class:`Message`'s, so its line ends are CRLF."""
+    boundary (pickling a parsed Message would copy the message twice), and only the results
+    and the body hashes computed come back.  ``raw`` is a :class:`Message`'s, so its line ends
+    are CRLF."""
     message = Message.parse(raw, crlf_only=True)
     bodies = BodyHashes(message.body)
-    dkim_results, arc_result = verify_crypto(message, keys, config, now, bodies)
-    return dkim_results, arc_result, bodies.computed()
+    return verify_crypto(checks, facts, message, keys, config, now, bodies), bodies.computed()
+
+
+# -- containment: a check that raises gets its temperror result ------------------------------
+def _failed(check: Check, exc: Exception, facts: SessionFacts, found: CheckOutcomes) -> Any:
+    """The result of a check that raised; ``found`` also notes the failure, so that the
+    pipeline tempfails the message (an error of ours must not decide its fate)."""
+    log.error("the %s check failed", check.name, exc_info=exc)
+    reason = f"internal error in {check.name} check: {type(exc).__name__}: {exc}"
+    found.failed[check.name] = reason
+    return check.temperror(reason, facts)
+
+
+def _call(check: Check, facts: SessionFacts, found: CheckOutcomes, hook: Callable,
+          *args: Any) -> Any:
+    """``hook(*args)``, a step of ``check``; if it raises, ``check`` gets its temperror result
+    in ``found`` (which ends it) and the value is None."""
+    try:
+        return hook(*args)
+    except Exception as exc:
+        found.results[check.name] = _failed(check, exc, facts, found)
+        return None
+
+
+async def _stage(check: Check, awaitable: Awaitable, facts: SessionFacts, found: CheckOutcomes,
+                 *, final: bool = False) -> Any:
+    """``awaitable``, a stage of ``check``, awaited and timed into ``found``, with its value as
+    the check's result when ``final``; if it raises, as :func:`_call`."""
+    start = time.perf_counter()
+    try:
+        value = await awaitable
+    except Exception as exc:
+        found.results[check.name] = value = _failed(check, exc, facts, found)
+    else:
+        if final:
+            found.results[check.name] = value
+    found.add_seconds(check.name, time.perf_counter() - start)
+    return value
 
 
 def _always() -> bool:
@@ -71,37 +123,41 @@ def _always() -> bool:
 
 class Engine:
     """``loop_shared`` says whether other sessions share the event loop right now (the proxy
-    counts its sessions); without it a big message always goes to the executor."""
+    counts its sessions); without it a big message always goes to the executor.  ``checks``:
+    the registry of checks to run (read at each message)."""
 
     def __init__(self, config: Config, resolver: Resolver | None = None,
                  executor: Executor | None = None,
-                 loop_shared: Callable[[], bool] = _always) -> None:
+                 loop_shared: Callable[[], bool] = _always, checks: Registry = REGISTRY) -> None:
         self.config = config
         self.resolver = resolver or resolver_from_config(config)
         self.executor = executor
         self.loop_shared = loop_shared
+        self.checks = checks
 
-    # -- SPF --------------------------------------------------------------------------------
     def deadline(self) -> float:
         return time.monotonic() + self.config.general.message_deadline
 
-    async def check_spf(self, facts: SessionFacts, deadline: float | None = None
-                        ) -> tuple[SpfResult, SpfResult | None]:
-        """The MAIL FROM check (HELO for the null sender) and, when configured, the separate
-        labelled HELO check, concurrently."""
-        deadline = deadline or self.deadline()
-        timeout = self.config.spf.timeout
-        main = spf_check.check_spf(facts, self.resolver, identity="mailfrom", deadline=deadline,
-                             timeout=timeout)
-        if self.config.spf.helo_check and facts.helo and facts.mail_from:
-            helo = spf_check.check_spf(facts, self.resolver, identity="helo", deadline=deadline,
-                                 timeout=timeout)
-            return tuple(await asyncio.gather(main, helo))  # type: ignore[return-value]
-        return await main, None
-
+    # -- the envelope -----------------------------------------------------------------------
     def start_spf(self, facts: SessionFacts) -> asyncio.Task:
-        """Start SPF now (at MAIL FROM) so its DNS overlaps the rest of the transaction."""
-        return asyncio.ensure_future(self.check_spf(facts))
+        """Start the envelope checks (SPF, and the HELO check when configured) now, at MAIL
+        FROM, so their DNS overlaps the rest of the transaction.  The task gives their
+        :class:`CheckOutcomes`."""
+        return asyncio.ensure_future(self._envelope(facts, self.deadline()))
+
+    async def _envelope(self, facts: SessionFacts, deadline: float) -> CheckOutcomes:
+        found = CheckOutcomes()
+        runs = []
+        for check in self.checks.envelope:
+            awaitable = _call(check, facts, found, check.evaluate, facts, self.resolver,
+                              self.config, deadline)
+            if awaitable is not None:
+                runs.append(_stage(check, awaitable, facts, found, final=True))
+        if len(runs) == 1:          # the usual case: no task for gather
+            await runs[0]
+        elif runs:
+            await asyncio.gather(*runs)
+        return found
 
     # -- the whole message ------------------------------------------------------------------
     async def _txt_records(self, names: list[str], deadline: float) -> dict[str, DnsAnswer]:
@@ -124,31 +180,60 @@ class Engine:
                                spf: asyncio.Future | None = None, now: float | None = None,
                                bodies: BodyHashes | None = None) -> Verdict:
         """:meth:`evaluate` for a message the caller has parsed (and uses too); ``bodies``
-        receives the body hashes computed, for the caller's ARC seal."""
+        receives the body hashes computed, for the caller's ARC seal.  ``spf`` may also be a
+        future the caller resolved with the envelope checks' outcomes itself."""
         bodies = bodies or BodyHashes(message.body)
         deadline = self.deadline()
         now = time.time() if now is None else now
-        spf_task = spf if spf is not None else asyncio.ensure_future(self.check_spf(facts, deadline))
+        envelope = spf if spf is not None else asyncio.ensure_future(
+            self._envelope(facts, deadline))
+        context = MessageContext(facts, message, self.resolver, self.config, deadline)
+        found = CheckOutcomes()
+        preparing = [(check, self._prepare(check, context, found))
+                     for check in self.checks.dependent]
+        await self._verify_content(context, now, bodies, found)
+        found.update(await envelope)
+        for check, task in preparing:       # registry order: what each requires is known
+            prepared = None if task is None else await task
+            if check.name in found.results:     # it failed while preparing
+                continue
+            awaitable = _call(check, facts, found, check.evaluate, context, prepared, found.results)
+            if awaitable is not None:
+                await _stage(check, awaitable, facts, found, final=True)
+        return Verdict.of(self.checks.checks, found, message.errors)
 
-        names = set(dkim.key_names(message, self.config.dkim.max_signatures))
-        if self.config.arc.enabled:
-            names.update(arc.key_names(message))
-        names_in_order = sorted(names)
-        discovery_task = asyncio.ensure_future(
-            dmarc.discover_policy(message, self.resolver, mode=self.config.dmarc.mode, deadline=deadline))
-        keys = await self._txt_records(names_in_order, deadline)
+    def _prepare(self, check: DependentCheck, context: MessageContext,
+                 found: CheckOutcomes) -> asyncio.Task | None:
+        """``check``'s preparation, started as a task (None: nothing to prepare, or it failed)."""
+        awaitable = _call(check, context.facts, found, check.prepare, context)
+        if awaitable is None:
+            return None
+        return asyncio.ensure_future(_stage(check, awaitable, context.facts, found))
 
+    async def _verify_content(self, context: MessageContext, now: float, bodies: BodyHashes,
+                              found: CheckOutcomes) -> None:
+        """The content checks: their TXT records fetched together, then every ``verify`` in
+        one call, here or in the executor."""
+        facts, message, config = context.facts, context.message, context.config
+        content, asking, names = [], [], set()
+        for check in self.checks.content:
+            wanted = _call(check, facts, found, check.dns_names, message, config)
+            if wanted is not None:
+                content.append(check)
+                if wanted:
+                    asking.append(check)
+                    names.update(wanted)
+        started = time.perf_counter()
+        keys = await self._txt_records(sorted(names), context.deadline)
+        fetched = time.perf_counter() - started
+        for check in asking:                # the key fetch is part of these checks' time
+            found.add_seconds(check.name, fetched)
         if self.executor is not None and len(message.raw) >= OFFLOAD_BYTES and self.loop_shared():
             loop = asyncio.get_running_loop()
-            dkim_results, arc_result, hashes = await loop.run_in_executor(
-                self.executor, verify_crypto_of_raw, message.raw, keys, self.config, now)
+            verified, hashes = await loop.run_in_executor(
+                self.executor, verify_crypto_of_raw, tuple(content), facts, message.raw, keys,
+                config, now)
             bodies.learn(hashes)
         else:
-            dkim_results, arc_result = verify_crypto(message, keys, self.config, now, bodies)
-
-        spf_result, helo_result = await spf_task
-        discovery = await discovery_task
-        dmarc_result = await dmarc.evaluate_dmarc(discovery, spf_result, dkim_results,
-                                                  self.resolver, deadline=deadline)
-        return Verdict(spf=spf_result, dkim=dkim_results, arc=arc_result, dmarc=dmarc_result,
-                       helo_spf=helo_result, errors=tuple(message.errors))
+            verified = verify_crypto(content, facts, message, keys, config, now, bodies)
+        found.update(verified)

@@ -41,17 +41,8 @@ def message_record(*, role: str, facts: SessionFacts, peer: str, size: int,
         "size": size,
     }
     if verdict is not None:
-        record["spf"] = verdict.spf.result
-        if verdict.helo_spf is not None:
-            record["helo_spf"] = verdict.helo_spf.result
-        record["dkim"] = ",".join(f"{d.result}:{d.domain or '-'}:{d.selector or '-'}"
-                                  for d in verdict.dkim) or "none"
-        record["arc"] = verdict.arc.result
-        dm = verdict.dmarc
-        record["dmarc"] = dm.result
-        record["dmarc_policy"] = dm.policy
-        record["dmarc_disposition"] = dm.disposition
-        record["from_domain"] = dm.from_domain
+        for check, result in verdict.reported():
+            record.update(check.log_fields(result))
     elif facts.trusted:
         record["checks"] = "skipped (trusted)"
     record["action"] = action.kind

@@ -20,7 +20,9 @@ Exposed series (all prefixed ``authfilter_``):
 ``messages_total{action}``                    messages finished, by the policy's action word
 ``results_total{method,result}``              one per result: spf, spf_helo, dkim (one per
                                               signature, ``none`` when unsigned), arc, dmarc
-``check_duration_seconds{check}``             histogram; check = spf dkim arc dmarc total
+                                              (each check's ``metric_keys``)
+``check_duration_seconds{check}``             histogram; check = each registered check (spf
+                                              helo_spf dkim arc dmarc), total
 ``end_of_data_duration_seconds``              histogram: end of DATA to our final reply
 ``dns_queries_total``, ``dns_cache_hits_total``, ``dns_coalesced_total``, ``dns_failures_total``
                                               read from the resolver's counters at scrape time
@@ -58,13 +60,14 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .checks import REGISTRY
 from .config import parse_listen_address
 
 if typing.TYPE_CHECKING:
     from .dns import Resolver
     from .results import Verdict
 
-CHECKS = ("spf", "dkim", "arc", "dmarc", "total")
+TOTAL = "total"                # the timings key for the whole engine run
 END_OF_DATA = "end_of_data"    # the timings key for the end-of-data latency
 # Seconds. Warm-cache checks take about a millisecond, cold DNS tens of ms, and the whole
 # pipeline must stay well inside Postfix's 100 s smtpd_proxy_timeout.
@@ -101,13 +104,7 @@ class MetricsServer:
 
 def _result_keys(verdict: "Verdict") -> list[tuple[str, str]]:
     """(method, result) once per result in the verdict; an unsigned message is dkim=none."""
-    keys = [("spf", verdict.spf.result)]
-    if verdict.helo_spf is not None:
-        keys.append(("spf_helo", verdict.helo_spf.result))
-    keys.extend([("dkim", d.result) for d in verdict.dkim] or [("dkim", "none")])
-    keys.append(("arc", verdict.arc.result))
-    keys.append(("dmarc", verdict.dmarc.result))
-    return keys
+    return [key for check, result in verdict.reported() for key in check.metric_keys(result)]
 
 
 class _Histogram:
@@ -148,7 +145,8 @@ class _HotPathCollector(Collector):
         self.sessions_total = 0
         self.messages: dict[str, int] = {}
         self.results: dict[tuple[str, str], int] = {}
-        self.checks = {name: _Histogram(LATENCY_BUCKETS) for name in CHECKS}
+        self.checks = {name: _Histogram(LATENCY_BUCKETS)
+                       for name in [*(check.name for check in REGISTRY), TOTAL]}
         self.end_of_data = _Histogram(LATENCY_BUCKETS)
 
     def collect(self) -> Iterator[Metric]:
@@ -168,7 +166,7 @@ class _HotPathCollector(Collector):
         yield results
         checks = HistogramMetricFamily("authfilter_check_duration_seconds", "time spent in each "
                                        "check (total = the whole engine run)", labels=["check"])
-        for name, histogram in self.checks.items():
+        for name, histogram in dict(self.checks).items():     # message_done may add one
             histogram.add_to(checks, [name])
         yield checks
         end_of_data = HistogramMetricFamily("authfilter_end_of_data_duration_seconds",
@@ -248,18 +246,24 @@ class Metrics:
         self._hot.sessions_open -= 1
 
     def message_done(self, verdict: "Verdict | None", action: str, timings: Mapping[str, float]) -> None:
-        """One finished message: its action word, every result, and its timings in seconds.
+        """One finished message: its action word, every result and the time each check took
+        (``verdict.seconds``), and its other timings in seconds.
 
-        ``timings`` keys: any of :data:`CHECKS` and ``"end_of_data"``; others are ignored, so
-        the proxy may pass the dict it also logs.
+        ``timings`` keys: ``"total"``, ``"end_of_data"`` or a registered check's name; others
+        are ignored, so the proxy may pass the dict it also logs.
         """
         hot = self._hot
         hot.messages[action] = hot.messages.get(action, 0) + 1
+        checks = hot.checks
         if verdict is not None:                 # None: trusted mail, nothing was verified
             results = hot.results
             for key in _result_keys(verdict):
                 results[key] = results.get(key, 0) + 1
-        checks = hot.checks
+            for name, seconds in verdict.seconds.items():
+                histogram = checks.get(name)
+                if histogram is None:           # a check registered after this object was made
+                    histogram = checks[name] = _Histogram(LATENCY_BUCKETS)
+                histogram.observe(seconds)
         for name, seconds in timings.items():
             histogram = checks.get(name)
             if histogram is not None:

@@ -41,7 +41,8 @@ from .message import (HeaderField, Message, removal_of, split_field, with_fields
 from .observers import BackgroundObserver, MessageEvent
 from .policy import ACCEPT, QUARANTINE, TEMPFAIL, Action, ActionWord
 from .reports.hooks import observers_from_config
-from .results import ArcResult, DmarcResult, SessionFacts, SmtpReply, SpfResult, Verdict
+from .results import (ArcResult, CheckOutcomes, DmarcResult, SessionFacts, SmtpReply, SpfResult,
+                      Verdict)
 from .runtime import Runtime
 
 __all__ = ["Disposition", "Pipeline", "SessionFacts", "SmtpReply", "Transaction"]
@@ -131,8 +132,12 @@ class Transaction:
         try:
             verdict = await self._verdict(checked, bodies)
             self._timings["total"] = time.monotonic() - self.started_data
-            action = rt.policy.decide(self.facts, verdict, mailing_list=mailing_list) if verdict \
-                else Action(ACCEPT, "trusted network")
+            if verdict is None:
+                action = Action(ACCEPT, "trusted network")
+            elif verdict.failed:        # a check of ours broke: the sender keeps the mail
+                action = Action(TEMPFAIL, "; ".join(verdict.failed.values()), TEMP_FAILURE)
+            else:
+                action = rt.policy.decide(self.facts, verdict, mailing_list=mailing_list)
         except TimeoutError:
             log.error("checks of a message from %s overran the deadline", self.facts.client_ip)
             action = Action(TEMPFAIL, "checks timed out", TEMP_FAILURE)
@@ -166,7 +171,8 @@ class Transaction:
                 return None
             domain = facts.mail_from.rpartition("@")[2] if facts.mail_from else None
             skipped: asyncio.Future = asyncio.get_running_loop().create_future()
-            skipped.set_result((SpfResult("none", "mailfrom", domain, reason=NOT_CHECKED), None))
+            skipped.set_result(CheckOutcomes({"spf": SpfResult("none", "mailfrom", domain,
+                                                               reason=NOT_CHECKED)}))
             verdict = await engine.evaluate_message(facts, message, spf=skipped, bodies=bodies)
             return dataclasses.replace(verdict, arc=ArcResult("none", reason=NOT_CHECKED),
                                        dmarc=DmarcResult("none", verdict.dmarc.from_domain,

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, NamedTuple
+
+if TYPE_CHECKING:
+    from .checks.base import Check
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Role = Literal["inbound", "submission", "local"]
@@ -134,9 +137,43 @@ class DmarcResult:
         return asdict(self)
 
 
+@dataclass(slots=True)
+class CheckOutcomes:
+    """Results of some checks by check name, and the seconds each took (for a check run in
+    stages, their sum): what the engine gathers, stage by stage, for a :class:`Verdict`."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)     # check name -> what it raised
+
+    def add_seconds(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def update(self, other: "CheckOutcomes") -> None:
+        self.results.update(other.results)
+        self.failed.update(other.failed)
+        for name, seconds in other.seconds.items():
+            self.add_seconds(name, seconds)
+
+
+def _built_in_checks() -> tuple["Check", ...]:
+    from .checks import BUILT_IN        # here, not at import: the checks import this module
+    return BUILT_IN
+
+
+_FIELD_RESULTS = frozenset({"spf", "helo_spf", "dkim", "arc", "dmarc"})
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Everything the engine found out about one message."""
+    """Everything the engine found out about one message.
+
+    The built-in checks' results are fields, typed, as policy and reports read them; any other
+    check's result is in ``others`` by check name.  ``result(name)`` reads either, None for a
+    check that did not run.  ``checks`` made the verdict (:mod:`authfilter.checks`), in the
+    order Authentication-Results, the log line, metrics and JSON show their results; by default
+    the built-in ones.  ``seconds``: how long each check took.
+    """
 
     spf: SpfResult
     dkim: tuple[DkimResult, ...]
@@ -144,13 +181,35 @@ class Verdict:
     dmarc: DmarcResult
     helo_spf: SpfResult | None = None   # the separate, labelled HELO check when configured
     errors: tuple[str, ...] = field(default=())  # problems with the message itself
+    others: Mapping[str, Any] = field(default_factory=dict)
+    checks: tuple["Check", ...] = field(default_factory=_built_in_checks, compare=False, repr=False)
+    seconds: Mapping[str, float] = field(default_factory=dict, compare=False, repr=False)
+    failed: Mapping[str, str] = field(default_factory=dict)   # checks that raised: their reason
+
+    @classmethod
+    def of(cls, checks: tuple["Check", ...], outcomes: CheckOutcomes,
+           errors: Iterable[str] = ()) -> "Verdict":
+        """The verdict of ``checks`` from their outcomes (a check without one did not run)."""
+        results = outcomes.results
+        others = {name: result for name, result in results.items() if name not in _FIELD_RESULTS}
+        return cls(results.get("spf"), results.get("dkim"), results.get("arc"),
+                   results.get("dmarc"), results.get("helo_spf"), tuple(errors), others, checks,
+                   outcomes.seconds, outcomes.failed)
+
+    def result(self, name: str) -> Any:
+        """The result of the check called ``name``; None when it did not run."""
+        return getattr(self, name) if name in _FIELD_RESULTS else self.others.get(name)
+
+    def reported(self) -> Iterator[tuple["Check", Any]]:
+        """``(check, result)`` for each check that ran, in order: what Authentication-Results,
+        the log line, metrics and ``authfilter check`` show."""
+        for check in self.checks:
+            result = self.result(check.name)
+            if result is not None:
+                yield check, result
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "spf": self.spf.to_dict(),
-            "helo_spf": self.helo_spf.to_dict() if self.helo_spf else None,
-            "dkim": [d.to_dict() for d in self.dkim],
-            "arc": self.arc.to_dict(),
-            "dmarc": self.dmarc.to_dict(),
-            "errors": list(self.errors),
-        }
+        out = {check.name: None if (result := self.result(check.name)) is None
+               else check.to_json(result) for check in self.checks}
+        out["errors"] = list(self.errors)
+        return out

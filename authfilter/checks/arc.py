@@ -1,7 +1,8 @@
 """ARC chain validation (RFC 8617 section 5.2): the cv= of the chain as it arrived.
 
 Like DKIM it is split into :func:`key_names` (what to fetch), the pure :func:`validate_chain`
-(no I/O; runs in a worker process) and :func:`validate_arc` (fetch, then validate).
+(no I/O; runs in a worker process) and :func:`validate_arc` (fetch, then validate);
+:class:`ArcCheck` is the first two as the engine runs them.
 
 Steps, as section 5.2 orders them:
 
@@ -24,13 +25,16 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Collection, Mapping
 
 from .. import dkimcore
+from ..authres import comment
+from ..config import Config
 from ..dkimcore import BodyHashes, DkimKey, DkimSyntaxError, HeaderIndex, Signature
 from ..dns import DnsAnswer, Resolver
 from ..message import Message, field_name
-from ..results import ArcResult
+from ..results import ArcResult, SessionFacts
+from .base import ContentCheck, summary_line
 from .dkim import CLOCK_SKEW, KeyUnavailable, check_hashes, usable_key
 
 SEAL = b"arc-seal"
@@ -240,3 +244,40 @@ class _Checker:
         if problem:
             raise ChainError(f"{label}: {problem}")
         return key
+
+
+# -- the check, as the engine runs it ----------------------------------------------------------
+class ArcCheck(ContentCheck[ArcResult]):
+    """cv= of the chain as it arrived (``[arc] enabled``); its keys follow the DKIM key rules
+    (``[dkim] min_rsa_bits``)."""
+
+    __slots__ = ()
+    name = "arc"
+    section = "arc"
+
+    def dns_names(self, message: Message, config: Config) -> Collection[str]:
+        return key_names(message) if self.settings(config).enabled else ()
+
+    def verify(self, message: Message, keys: Mapping[str, DnsAnswer], config: Config, now: float,
+               bodies: BodyHashes) -> ArcResult:
+        if not self.settings(config).enabled:
+            return ArcResult("none", reason="ARC validation disabled")
+        return validate_chain(message, keys, now, config.dkim.min_rsa_bits, bodies)
+
+    def temperror(self, reason: str, facts: SessionFacts) -> ArcResult:
+        return ArcResult("fail", reason=f"temperror: {reason}")     # see the module docstring
+
+    def authres(self, result: ArcResult, facts: SessionFacts) -> list[str]:
+        a = result
+        s = f"arc={a.result}{comment(a.reason)}"
+        if a.instances:
+            sealers = f" sealers={','.join(a.sealers)}" if a.sealers else ""
+            s += comment(f"i={a.instances}{sealers}")
+            if a.oldest_pass is not None:
+                s += f" header.oldest-pass={a.oldest_pass}"
+            s += f" smtp.remote-ip={facts.client_ip}"
+        return [s]
+
+    def summary(self, result: ArcResult) -> list[str]:
+        return [summary_line("ARC", result.result, f"{result.instances} instance(s)",
+                             result.reason)]

@@ -6,6 +6,8 @@ Split in two so the CPU part can run in a worker process:
 * :func:`verify_signatures` is pure: message + fetched answers + settings + the time -> one
   :class:`DkimResult` per signature.  No I/O; arguments and results pickle.
 * :func:`verify_dkim` does both for callers that have a resolver at hand.
+* :class:`DkimCheck` is the first two as the engine runs them (a content check,
+  :mod:`authfilter.checks.base`).
 
 Result words (RFC 8601 section 2.7.1) and when we give them:
 
@@ -29,14 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Container, Mapping
+from typing import Collection, Container, Mapping
 
 from .. import dkimcore
-from ..config import DkimConfig
+from ..authres import comment, property_value
+from ..config import Config, DkimConfig
 from ..dkimcore import BodyHashes, DkimKey, DkimSyntaxError, HeaderIndex, KeyRecordError, Signature
 from ..dns import NODATA, NXDOMAIN, OK, TEMPERROR, DnsAnswer, Resolver
 from ..message import Message
-from ..results import DkimResult
+from ..results import DkimResult, SessionFacts
+from .base import ContentCheck, summary_line
 
 SIGNATURE_FIELD = b"dkim-signature"
 # Seconds of clock difference tolerated for t= (not in the future) and x= (not yet expired).
@@ -195,3 +199,55 @@ def _over_limit(skipped: list[tuple[int, tuple[bytes, bytes]]], limit: int) -> D
         tags = {}
     more = f"; {len(skipped) - 1} more not verified either" if len(skipped) > 1 else ""
     return _partial_result("policy", tags, f"not verified: over the limit of {limit} signatures{more}")
+
+
+# -- the check, as the engine runs it ----------------------------------------------------------
+DkimResults = tuple[DkimResult, ...]
+
+
+class DkimCheck(ContentCheck[DkimResults]):
+    """One result per DKIM-Signature, top first; none for an unsigned message."""
+
+    __slots__ = ()
+    name = "dkim"
+    section = "dkim"
+
+    def dns_names(self, message: Message, config: Config) -> Collection[str]:
+        return key_names(message, self.settings(config).max_signatures)
+
+    def verify(self, message: Message, keys: Mapping[str, DnsAnswer], config: Config, now: float,
+               bodies: BodyHashes) -> DkimResults:
+        return verify_signatures(message, keys, self.settings(config), now, bodies)
+
+    def temperror(self, reason: str, facts: SessionFacts) -> DkimResults:
+        return (DkimResult("temperror", None, None, None, reason=reason),)
+
+    def authres(self, results: DkimResults, facts: SessionFacts) -> list[str]:
+        if not results:
+            return ["dkim=none"]
+        entries = []
+        for d in results:
+            s = f"dkim={d.result}{comment(d.reason)}"
+            for prop, val in (("header.d", d.domain), ("header.i", d.identity),
+                              ("header.s", d.selector), ("header.a", d.algorithm),
+                              ("header.b", d.header_b)):
+                if val:
+                    s += f" {prop}={property_value(val)}"
+            entries.append(s)
+        return entries
+
+    def summary(self, results: DkimResults) -> list[str]:
+        if not results:
+            return [summary_line("DKIM", "none", "(no signature)")]
+        return [summary_line("DKIM", d.result, f"d={d.domain} s={d.selector} a={d.algorithm}",
+                             d.reason) for d in results]
+
+    def log_fields(self, results: DkimResults) -> dict[str, str]:
+        return {"dkim": ",".join(f"{d.result}:{d.domain or '-'}:{d.selector or '-'}"
+                                 for d in results) or "none"}
+
+    def metric_keys(self, results: DkimResults) -> list[tuple[str, str]]:
+        return [("dkim", d.result) for d in results] or [("dkim", "none")]
+
+    def to_json(self, results: DkimResults) -> list[dict]:
+        return [d.to_dict() for d in results]

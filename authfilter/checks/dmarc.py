@@ -7,6 +7,9 @@ Two steps, so the engine can run the DNS part beside DKIM:
 * :func:`evaluate_dmarc` checks identifier alignment of the SPF and DKIM passes and applies the
   policy (``t=y`` in RFC 9989, ``pct`` sampling in RFC 7489).
 
+:class:`DmarcCheck` is the two as the engine runs them (a dependent check requiring SPF and
+DKIM, :mod:`authfilter.checks.base`).
+
 Decisions (the RFC leaves them to the receiver or is silent):
 
 * **From problems are ``permerror``, never a silent skip.**  RFC 9989 s. 4.2, 4.4 and 5.3.1 put
@@ -48,15 +51,17 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from publicsuffixlist import PublicSuffixList
 
 from ..addresses import AddressError, AuthorAddresses, author_addresses, normalize_domain
+from ..authres import comment, property_value
 from ..dmarcrecord import MODES, DmarcRecord, RecordError, select_record
 from ..dns import NODATA, OK, TEMPERROR, Resolver
 from ..message import Message
-from ..results import DkimResult, DmarcResult, SpfResult
+from ..results import DkimResult, DmarcResult, SessionFacts, SpfResult
+from .base import DependentCheck, MessageContext, summary_line
 
 MAX_AUTHOR_DOMAINS = 4          # distinct From domains evaluated (RFC 9989 s. 11.5)
 MAX_TREE_WALK_LABELS = 7        # after the first query the walk continues from at most 7 labels
@@ -439,3 +444,47 @@ def _strictest(results: Sequence[DmarcResult]) -> DmarcResult:
     summary = ", ".join(f"{r.from_domain}={r.result}" for r in results)
     return dataclasses.replace(worst, reason=f"{len(results)} author domains ({summary}); "
                                              f"strictest: {worst.reason}")
+
+
+# -- the check, as the engine runs it ----------------------------------------------------------
+class DmarcCheck(DependentCheck[DmarcResult]):
+    """Policy discovery at end of data, beside the DKIM key fetch; then alignment of the SPF and
+    DKIM passes with the policy found."""
+
+    __slots__ = ()
+    name = "dmarc"
+    section = "dmarc"
+    requires = ("spf", "dkim")
+
+    def prepare(self, context: MessageContext) -> Awaitable[PolicyDiscovery]:
+        return discover_policy(context.message, context.resolver,
+                               mode=self.settings(context.config).mode, deadline=context.deadline)
+
+    def evaluate(self, context: MessageContext, prepared: PolicyDiscovery,
+                 results: Mapping[str, Any]) -> Awaitable[DmarcResult]:
+        return evaluate_dmarc(prepared, results["spf"], results["dkim"], context.resolver,
+                              deadline=context.deadline)
+
+    def temperror(self, reason: str, facts: SessionFacts) -> DmarcResult:
+        return DmarcResult("temperror", None, reason=reason)
+
+    def authres(self, result: DmarcResult, facts: SessionFacts) -> list[str]:
+        m = result
+        note = f"p={m.policy} dis={m.disposition.upper()}" + (" t=y" if m.testing else "")
+        if m.reason and m.result != "pass":
+            note += f"; {m.reason}"
+        s = f"dmarc={m.result}{comment(note)}"
+        if m.from_domain:
+            s += f" header.from={property_value(m.from_domain)}"
+        # The policy and disposition go in the comment, as OpenDMARC writes them, not as a
+        # policy.dmarc= property: common scripts read every "dmarc=" token as a result word.
+        return [s]
+
+    def summary(self, result: DmarcResult) -> list[str]:
+        m = result
+        return [summary_line("DMARC", m.result, f"from={m.from_domain or '-'} policy={m.policy} "
+                                                f"disposition={m.disposition}", m.reason)]
+
+    def log_fields(self, result: DmarcResult) -> dict[str, Any]:
+        return {"dmarc": result.result, "dmarc_policy": result.policy,
+                "dmarc_disposition": result.disposition, "from_domain": result.from_domain}

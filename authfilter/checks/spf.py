@@ -10,6 +10,9 @@ a warm cache a check is one synchronous pass; a cold one takes one round per DNS
 
 The processing limits (10 DNS-querying terms, 2 void lookups, 10 MX / PTR names;
 RFC 7208 s. 4.6.4) are pyspf's defaults and are enforced by pyspf.
+
+The engine runs :class:`SpfCheck` and :class:`HeloSpfCheck` (envelope checks,
+:mod:`authfilter.checks.base`), started at MAIL FROM.
 """
 from __future__ import annotations
 
@@ -18,11 +21,15 @@ import ipaddress
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Awaitable
 
 import spf as pyspf
 
+from ..authres import comment, property_value
+from ..config import Config
 from ..dns import OK, TEMPERROR, DnsAnswer, Resolver
 from ..results import SessionFacts, SpfResult
+from .base import EnvelopeCheck, summary_line
 
 # Evaluation passes per check.  A strict evaluation needs at most about 25: the record, 10
 # DNS terms (an MX or PTR answer's addresses are fetched with it), an exp= per record, %{p}.
@@ -278,3 +285,53 @@ def _printable(text: str) -> str:
     """``text`` with anything but printable ASCII escaped: an exp= explanation comes from the
     sender's DNS and may end up in an SMTP reply or a header comment."""
     return "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in text)
+
+
+# -- the checks, as the engine runs them -------------------------------------------------------
+class SpfCheck(EnvelopeCheck[SpfResult]):
+    """The MAIL FROM identity (the HELO identity for the null sender, RFC 7208 s. 2.4)."""
+
+    __slots__ = ()
+    name = "spf"
+    section = "spf"
+    identity = "mailfrom"
+
+    def evaluate(self, facts: SessionFacts, resolver: Resolver, config: Config,
+                 deadline: float) -> Awaitable[SpfResult] | None:
+        return check_spf(facts, resolver, identity=self.identity, deadline=deadline,
+                         timeout=self.settings(config).timeout)
+
+    def temperror(self, reason: str, facts: SessionFacts) -> SpfResult:
+        return _result(_choose_identity(facts, self.identity), "temperror", reason)
+
+    def authres(self, result: SpfResult, facts: SessionFacts) -> list[str]:
+        # The comment names the client the check judged (the real one, from XFORWARD).
+        note = f"client {facts.client_ip}" + (f": {result.reason}" if result.reason else "")
+        out = f"spf={result.result}{comment(note)}"
+        if result.identity == "helo":
+            return [out + (f" smtp.helo={property_value(result.domain)}" if result.domain else "")]
+        if result.domain:
+            out += f" smtp.mailfrom={property_value(result.sender or result.domain)}"
+        return [out]
+
+    def summary(self, result: SpfResult) -> list[str]:
+        return [summary_line("SPF", result.result, f"{result.identity} {result.domain or '-'}",
+                             result.reason)]
+
+
+class HeloSpfCheck(SpfCheck):
+    """The HELO identity as well, reported as a separate result (``[spf] helo_check``); not
+    for the null sender, whose MAIL FROM check is already a HELO check."""
+
+    __slots__ = ()
+    name = "helo_spf"
+    identity = "helo"
+
+    def evaluate(self, facts: SessionFacts, resolver: Resolver, config: Config,
+                 deadline: float) -> Awaitable[SpfResult] | None:
+        if not (self.settings(config).helo_check and facts.helo and facts.mail_from):
+            return None
+        return super().evaluate(facts, resolver, config, deadline)
+
+    def metric_keys(self, result: SpfResult) -> list[tuple[str, str]]:
+        return [("spf_helo", result.result)]

@@ -100,22 +100,7 @@ def _unfolded(value: str) -> str:
 
 
 def summary(verdict) -> str:
-    """A few readable lines: one per method, with the reason when there is one."""
-    def why(r) -> str:
-        return f"  ({r.reason})" if r.reason else ""
-    lines = [f"SPF    {verdict.spf.result:<9} {verdict.spf.identity} {verdict.spf.domain or '-'}{why(verdict.spf)}"]
-    if verdict.helo_spf:
-        h = verdict.helo_spf
-        lines.append(f"SPF    {h.result:<9} helo {h.domain or '-'}{why(h)}")
-    if not verdict.dkim:
-        lines.append("DKIM   none      (no signature)")
-    for d in verdict.dkim:
-        lines.append(f"DKIM   {d.result:<9} d={d.domain} s={d.selector} a={d.algorithm}{why(d)}")
-    a = verdict.arc
-    lines.append(f"ARC    {a.result:<9} {a.instances} instance(s){why(a)}")
-    m = verdict.dmarc
-    lines.append(f"DMARC  {m.result:<9} from={m.from_domain or '-'} policy={m.policy} "
-                 f"disposition={m.disposition}{why(m)}")
-    for e in verdict.errors:
-        lines.append(f"note   {e}")
+    """A few readable lines: each check's own, then the problems with the message."""
+    lines = [line for check, result in verdict.reported() for line in check.summary(result)]
+    lines += [f"note   {e}" for e in verdict.errors]
     return "\n".join(lines) + "\n"

@@ -215,3 +215,20 @@ def test_session_facts_take_text_and_refuse_an_unknown_role():
     assert facts.client_ip.version == 6 and facts.recipients == ("a@example.org",)
     with pytest.raises(ValueError, match="role 'outbound'"):
         SessionFacts(client_ip="192.0.2.1", role="outbound")
+
+
+def test_a_check_that_breaks_tempfails_the_message_never_rejects_it():
+    """A bug in a check must not decide a message's fate: with DKIM broken, a p=reject domain
+    whose SPF does not align would otherwise fail DMARC and be refused with 550."""
+    from authfilter.checks import BUILT_IN, Registry
+    from authfilter.checks.dkim import DkimCheck
+
+    class BrokenDkim(DkimCheck):
+        def verify(self, *args):
+            raise RuntimeError("bug in the DKIM check")
+    p = pipeline(zone())
+    p.runtime.engine.checks = Registry(BrokenDkim() if type(c) is DkimCheck else c
+                                       for c in BUILT_IN)
+    d = dispose(p, message(), ip=OTHER)
+    assert d.action == "tempfail" and d.reply.code == 451 and d.reply.text.startswith("4.3.0 ")
+    assert "internal error in dkim check" in d.decision.reason
