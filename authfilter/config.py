@@ -219,10 +219,21 @@ class ProxyConfig:
                                          "limited only by max_message_size", minimum=512, maximum=65536)
     max_errors: int = setting(20, "protocol errors in one session before 421 4.7.0 and disconnect",
                               minimum=1, maximum=1000)
-    command_timeout: float = setting(300.0, "seconds to wait for the next command, then 421 4.4.2 "
-                                            "(RFC 5321 s. 4.5.3.2.7)", minimum=1, maximum=3600)
+    command_timeout: float = setting(300.0, "seconds a command line may take to arrive whole (a "
+                                            "byte now and then does not extend it), then 421 "
+                                            "4.4.2 (RFC 5321 s. 4.5.3.2.7)", minimum=1, maximum=3600)
     data_timeout: float = setting(300.0, "seconds with no message data during DATA, then 421 4.4.2",
                                   minimum=1, maximum=3600)
+    data_deadline: float = setting(900.0, "seconds a whole DATA phase may take, however steadily "
+                                          "the bytes trickle in, then 421 4.4.2 (10 MB at 90 "
+                                          "kbit/s fits)", minimum=1, maximum=86400)
+    max_sessions_per_client: int = setting(
+        20, "concurrent sessions from one client address (the socket's or the PROXY header's; "
+            "xforward_hosts peers such as Postfix are not counted), all workers together; more "
+            "get 421 4.7.0; 0 = no limit", minimum=0, maximum=100_000)
+    max_sessions_per_network: int = setting(
+        50, "concurrent sessions from one /24 (IPv4) or /64 (IPv6), counted as above; 0 = no "
+            "limit", minimum=0, maximum=100_000)
     upstream_timeout: float = setting(60.0, "seconds to connect to the upstream and for each of its "
                                             "replies; message_deadline + this must stay under "
                                             "Postfix's smtpd_proxy_timeout (100 s)",

@@ -44,6 +44,12 @@ def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return context
 
 
+def share(limit: int, workers: int) -> int:
+    """One worker's share of a limit of all workers together (0 = no limit): the kernel
+    spreads connections over the workers."""
+    return 0 if limit <= 0 else max(1, math.ceil(limit / workers))
+
+
 @dataclass
 class ProxyGeneration:
     """The proxy's side of one config generation: the pipeline on its :class:`Runtime`, and
@@ -55,6 +61,8 @@ class ProxyGeneration:
     xforward_hosts: NetworkSet
     proxy_protocol_hosts: NetworkSet
     max_sessions: int
+    max_sessions_per_client: int            # this worker's shares (0 = no limit)
+    max_sessions_per_network: int
     _tls: list[ssl.SSLContext | None] = field(default_factory=list)
     _pools: list[UpstreamPool] = field(default_factory=list)
 
@@ -81,6 +89,8 @@ class ProxyGeneration:
             xforward_hosts=NetworkSet(proxy.xforward_hosts),
             proxy_protocol_hosts=NetworkSet(proxy.proxy_protocol_hosts),
             max_sessions=max(1, math.ceil(proxy.max_sessions / workers)),
+            max_sessions_per_client=share(proxy.max_sessions_per_client, workers),
+            max_sessions_per_network=share(proxy.max_sessions_per_network, workers),
             _tls=[tls_context(lc) for lc in proxy.listeners],
             _pools=[pools[lc.upstream or proxy.upstream] for lc in proxy.listeners],
         )

@@ -19,6 +19,7 @@ from ..engine import resolver_from_config
 from ..metrics import Metrics
 from ..observers import Observer
 from . import protocol
+from .client_limits import ClientLimits
 from .generation import ProxyGeneration
 from .session import SmtpSession
 from .watchdog import Watchdog, tick_for
@@ -79,6 +80,8 @@ class ProxyServer:
                                      watchdog=self.watchdog, metrics=self.metrics,
                                      loop_shared=self.loop_shared)
         self.sessions: set[SmtpSession] = set()
+        self._client_limits = ClientLimits()
+        self._client_keys: dict[SmtpSession, tuple] = {}     # what each counted session holds
         self.draining = False
         self._servers: list[asyncio.base_events.Server] = []
         self._idle = asyncio.Event()
@@ -106,12 +109,21 @@ class ProxyServer:
         others if they ran on the event loop."""
         return len(self.sessions) > 1
 
-    def refusal(self) -> bytes | None:
-        """The 421 a new session gets when we are full or shutting down, else None."""
+    def refusal(self, session: SmtpSession) -> bytes | None:
+        """The 421 ``session`` gets when we are full, its client or network holds its share
+        of sessions already, or we are shutting down; else None (and it is counted)."""
         if self.draining:
             return protocol.SHUTTING_DOWN
-        if len(self.sessions) > self.generation.max_sessions:
+        generation = self.generation
+        if len(self.sessions) > generation.max_sessions:
             return protocol.TOO_MANY_SESSIONS
+        keys = self._client_limits.admit(session.peer_ip, generation.max_sessions_per_client,
+                                         generation.max_sessions_per_network,
+                                         generation.xforward_hosts)
+        if keys is None:
+            log.info("421 to %s: too many sessions from its address or network", session.peer[0])
+            return protocol.TOO_MANY_FROM_CLIENT
+        self._client_keys[session] = keys
         return None
 
     def session_started(self, session: SmtpSession) -> None:
@@ -122,6 +134,7 @@ class ProxyServer:
 
     def session_ended(self, session: SmtpSession) -> None:
         self.metrics.session_closed()
+        self._client_limits.release(self._client_keys.pop(session, ()))
         self.sessions.discard(session)
         self.watchdog.forget(session)
         if not self.sessions:

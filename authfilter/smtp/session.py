@@ -56,8 +56,9 @@ class SessionHost(Protocol):
     def draining(self) -> bool:
         """Shutting down: no new transactions."""
 
-    def refusal(self) -> bytes | None:
-        """The 421 a new session gets instead of the greeting, or None."""
+    def refusal(self, session: SmtpSession) -> bytes | None:
+        """The 421 ``session`` gets instead of the greeting (its client known), or None; a
+        session not refused is counted against its client's limits until it ends."""
 
     def session_started(self, session: SmtpSession) -> None: ...
 
@@ -86,6 +87,7 @@ class SmtpSession(asyncio.Protocol):
         self.peer_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(0)
         self.xforward_allowed = False
         self.deadline: float | None = None        # see Watchdog
+        self._phase_deadline = 0.0                # the DATA phase's end, however bytes trickle
         self.state = SessionState()
         self.relay = Relay(self.state, self.rt.pool(listener_index), self.rt.metrics)
         self.errors = 0
@@ -114,8 +116,9 @@ class SmtpSession(asyncio.Protocol):
             # The DATA block is searched here as it arrives; the session runs once it is whole.
             proxy = self.rt.config.proxy
             if not self.buffer.data_complete(proxy.max_message_size):
-                if self.deadline is not None:    # data_timeout counts from the last bytes
-                    self.deadline = time.monotonic() + proxy.data_timeout
+                if self.deadline is not None:    # data_timeout counts from the last bytes,
+                    self.deadline = min(time.monotonic() + proxy.data_timeout,
+                                        self._phase_deadline)   # within the phase's deadline
                 return
         self._wake()
         if not self._in_data and len(self.buffer) > HIGH_WATER and not self._paused:
@@ -146,14 +149,16 @@ class SmtpSession(asyncio.Protocol):
         return not self._eof and self.transport is not None and not self.transport.is_closing()
 
     # -- reading -----------------------------------------------------------------------------
-    async def _wait_input(self, timeout: float) -> None:
+    async def _wait_input(self, deadline: float) -> None:
+        """Wait for more input until ``deadline`` (absolute ``time.monotonic()``); the watchdog
+        expires the wait past it."""
         if self._eof:
             raise ClientGone()
         if self._paused:
             self.transport.resume_reading()
             self._paused = False
         self._waiter = asyncio.get_running_loop().create_future()
-        self.deadline = time.monotonic() + timeout
+        self.deadline = deadline
         try:
             await self._waiter
         finally:
@@ -161,23 +166,28 @@ class SmtpSession(asyncio.Protocol):
             self.deadline = None
 
     async def read_line(self) -> bytes:
-        limit = self.rt.config.proxy.max_line_length
+        """The next command line; it must arrive whole within command_timeout, however its
+        bytes trickle in (a client sending one byte every 20 s outlived a 30 s timeout)."""
+        proxy = self.rt.config.proxy
+        deadline = time.monotonic() + proxy.command_timeout
         while True:
-            line = self.buffer.take_line(limit)
+            line = self.buffer.take_line(proxy.max_line_length)
             if line is not None:
                 return line
-            await self._wait_input(self.rt.config.proxy.command_timeout)
+            await self._wait_input(deadline)
 
     async def read_data(self) -> bytes:
         proxy = self.rt.config.proxy
         self.buffer.begin_data()
         self._in_data = True
+        self._phase_deadline = time.monotonic() + proxy.data_deadline
         try:
             while True:
                 content = self.buffer.take_data(proxy.max_message_size)
                 if content is not None:
                     return content
-                await self._wait_input(proxy.data_timeout)
+                await self._wait_input(min(time.monotonic() + proxy.data_timeout,
+                                           self._phase_deadline))
         finally:
             self._in_data = False
 
@@ -190,7 +200,7 @@ class SmtpSession(asyncio.Protocol):
         try:
             if self.listener.proxy_protocol and not await self._read_proxy_header():
                 return
-            refusal = self.host.refusal()
+            refusal = self.host.refusal(self)
             if refusal is not None:
                 self.write(refusal)
                 return
@@ -447,6 +457,8 @@ class SmtpSession(asyncio.Protocol):
 
     # -- the PROXY protocol header -----------------------------------------------------------
     async def _read_proxy_header(self) -> bool:
+        """The PROXY protocol header, whole within command_timeout."""
+        deadline = time.monotonic() + self.rt.config.proxy.command_timeout
         if not self.rt.proxy_protocol_hosts.contains(self.peer_ip):
             log.warning("PROXY protocol header expected from untrusted %s; closing", self.peer[0])
             return False
@@ -462,7 +474,7 @@ class SmtpSession(asyncio.Protocol):
                 if header.source is not None:
                     self._set_peer(*header.source)
                 return True
-            await self._wait_input(self.rt.config.proxy.command_timeout)
+            await self._wait_input(deadline)
 
 
 HANDLERS = {verb: getattr(SmtpSession, "smtp_" + verb.lower()) for verb in OUT_OF_ORDER}
