@@ -13,18 +13,25 @@ from __future__ import annotations
 
 import re
 
-from .message import normalize_line_ends
+from .message import fold_at_spaces, normalize_line_ends
 from .results import SessionFacts, Verdict
 
 HEADER_NAME = "Authentication-Results"
 MAX_COMMENT = 200
+MAX_PROPERTY = 320            # the longest domain is 253; local-part@domain may be 320
 
 # RFC 2045 token: no CTLs, SPACE or tspecials.  RFC 8601 pvalue also allows "@" and "." inside.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~@/]+$")
 
 
 def property_value(v: str) -> str:
-    """A property value: bare when it is a token or local@domain, else a quoted-string."""
+    """A property value: bare when it is a token or local@domain, else a quoted-string.  An
+    address longer than :data:`MAX_PROPERTY` is given as its domain (what SPF checked, RFC
+    7208 s. 4.1), anything else that long is shortened, so that no line of the header can pass
+    998 characters (RFC 5322 s. 2.1.1)."""
+    if len(v) > MAX_PROPERTY:
+        local, at, domain = v.rpartition("@")
+        v = domain if at and len(domain) <= MAX_PROPERTY else v[:MAX_PROPERTY - 3] + "..."
     if v and _TOKEN.match(v) and v.count("@") <= 1:
         return v
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -51,8 +58,11 @@ def result_strings(facts: SessionFacts, verdict: Verdict) -> list[str]:
 
 
 def build_header(authserv_id: str, facts: SessionFacts, verdict: Verdict) -> str:
-    """The whole field, folded one result per line, ending in CRLF."""
-    body = ";\r\n\t".join([property_value(authserv_id)] + result_strings(facts, verdict))
+    """The whole field, ending in CRLF: one result per line (after a tab), each folded at its
+    spaces to stay within 78 columns where it can (RFC 5322 s. 2.1.1)."""
+    results = (fold_at_spaces(r.encode("utf-8"), 1).decode("utf-8")
+               for r in result_strings(facts, verdict))
+    body = ";\r\n\t".join([property_value(authserv_id), *results])
     return f"{HEADER_NAME}: {body}\r\n"
 
 

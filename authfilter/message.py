@@ -121,6 +121,27 @@ def unfold(value: bytes) -> bytes:
 
 
 # -- edits --------------------------------------------------------------------------------
+LINE_COLUMNS = 78                   # RFC 5322 s. 2.1.1: lines SHOULD be no longer
+MAX_LINE = 998                      # ... and MUST be no longer (without the CRLF)
+
+
+def fold_at_spaces(value: bytes, column: int) -> bytes:
+    """``value`` with a CRLF put before some of its spaces, so that lines, the first starting
+    at ``column``, stay within :data:`LINE_COLUMNS` where a space allows it.  Removing the
+    CRLFs gives ``value`` back (RFC 5322 s. 2.2.3 unfolding), and relaxed canonicalization
+    (RFC 6376 s. 3.4.2) sees the same bytes folded or not."""
+    words = value.split(b" ")
+    lines, line, used = [], words[0], column + len(words[0])
+    for word in words[1:]:
+        if line and used + 1 + len(word) > LINE_COLUMNS:
+            lines.append(line)
+            line, used = word, 1 + len(word)
+        else:
+            line += b" " + word
+            used += 1 + len(word)
+    lines.append(line)
+    return b"\r\n ".join(lines)
+
 HeaderField = tuple[str, str]
 """``(name, value)`` of a field we add: ``value`` is what follows ``name: `` (no leading space),
 folded with CRLF + WSP where it is long, without the final CRLF.  Every writer renders it as

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from .. import dkimcore
 from ..config import Config
-from ..message import Message, field_name
+from ..message import Message, field_name, fold_at_spaces
 from ..results import ArcResult
 from .keys import SigningConfigError, SigningKey, load_key
 
@@ -43,7 +43,6 @@ AAR = b"ARC-Authentication-Results"
 AMS = b"ARC-Message-Signature"
 AS = b"ARC-Seal"
 _ARC_FIELDS = {b"arc-authentication-results": AAR, b"arc-message-signature": AMS, b"arc-seal": AS}
-LINE_COLUMNS = 78                       # RFC 5322 s. 2.1.1 SHOULD
 _AAR_INSTANCE = re.compile(rb"[ \t\r\n]*i[ \t\r\n]*=[ \t\r\n]*([0-9]{1,3})[ \t\r\n]*;")
 
 
@@ -111,7 +110,7 @@ class ArcSealer:
                   (b"i", str(instance).encode("ascii")), (b"s", self.selector.encode("ascii")),
                   (b"t", timestamp)]
 
-        aar = (AAR, fold_at_spaces(f"i={instance}; ".encode("ascii") + _unfold(authres_value), len(AAR)))
+        aar = (AAR, fold_value(f"i={instance}; ".encode("ascii") + _unfold(authres_value), len(AAR)))
         names = [n for n in (field_name(name) for name, _ in message.headers)
                  if n.decode("ascii", "replace") in self.headers]
         bodies = bodies or dkimcore.BodyHashes(message.body)
@@ -135,7 +134,7 @@ class ArcSealer:
         data = dkimcore.header_hash_input(selected, (name, unsigned), dkimcore.RELAXED)
         signature = base64.b64encode(self.key.sign_digest(hashlib.sha256(data).digest()))
         tags = [(k, signature if k == b"b" else v) for k, v in tags]
-        return fold_at_spaces(b"; ".join(k + b"=" + v for k, v in tags), len(name))
+        return fold_value(b"; ".join(k + b"=" + v for k, v in tags), len(name))
 
 
 def _refusal(count: int, newest_cv: str | None, problem: str | None, chain: ArcResult) -> str | None:
@@ -204,19 +203,7 @@ def _unfold(text: str) -> bytes:
     return text.replace("\r\n", "").replace("\r", " ").replace("\n", " ").strip().encode("utf-8")
 
 
-def fold_at_spaces(value: bytes, name_length: int) -> bytes:
-    """`` value`` + CRLF, folded at its spaces so that lines stay within 78 columns where a
-    space allows it.  Each line break replaces one space, so relaxed canonicalization (s. 3.4.2
-    of RFC 6376) gives the same bytes folded or not."""
-    words = value.split(b" ")
-    lines, line = [], b""
-    used = name_length + 1              # "Name:"
-    for word in words:
-        if line and used + 1 + len(word) > LINE_COLUMNS:
-            lines.append(line)
-            line, used = word, 1 + len(word)
-        else:
-            line = line + b" " + word if line else word
-            used += 1 + len(word)
-    lines.append(line)
-    return b" " + b"\r\n ".join(lines) + b"\r\n"
+def fold_value(value: bytes, name_length: int) -> bytes:
+    """`` value`` + CRLF, folded at its spaces (:func:`~authfilter.message.fold_at_spaces`)
+    after ``Name:`` and the leading space."""
+    return b" " + fold_at_spaces(value, name_length + 2) + b"\r\n"

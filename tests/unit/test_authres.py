@@ -96,3 +96,31 @@ def test_strip_removes_only_ours():
 def test_strip_leaves_other_messages_untouched():
     raw = b"From: a@b\r\nSubject: x\r\n\r\nbody\r\n"
     assert strip_our_headers(raw, "mx") is raw
+
+
+def unfold(header: str) -> str:
+    return header.replace("\r\n", "")
+
+
+def test_lines_stay_within_78_columns_where_a_space_allows_and_unfold_to_the_same_header():
+    """RFC 5322 s. 2.1.1: 78 SHOULD, 998 MUST; folding only before existing spaces, so the
+    unfolded header is the one-result-per-line layout without the line breaks."""
+    h = build_header("mx.example.net", FACTS, verdict())
+    lines = h.removesuffix("\r\n").split("\r\n")
+    assert all(len(line) <= 78 for line in lines), [line for line in lines if len(line) > 78]
+    assert all(line.startswith((" ", "\t")) for line in lines[1:])
+    assert unfold(h) == "Authentication-Results: " + header_value("mx.example.net", FACTS,
+                                                                  verdict()).replace("; ", ";\t")
+    assert [r.method for r in parse(h).results] == ["spf", "dkim", "dkim", "arc", "dmarc"]
+
+
+def test_a_very_long_mail_from_never_makes_a_line_over_998():
+    """A 1,900-character MAIL FROM gave a 1,979-character line: the address is given by its
+    domain instead (what SPF checked)."""
+    sender = "x" * 1890 + "@example.org"
+    facts = SessionFacts.create("192.0.2.10", mail_from=sender)
+    v = verdict(spf=SpfResult("pass", "mailfrom", "example.org", sender))
+    h = build_header("mx.example.net", facts, v)
+    assert max(len(line) for line in h.split("\r\n")) <= 998
+    props = {(p.type, p.name): p.value for p in parse(h).results[0].properties}
+    assert props[("smtp", "mailfrom")] == "example.org"
