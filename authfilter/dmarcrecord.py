@@ -1,4 +1,5 @@
-"""DMARC policy records: tag parsing and validation (RFC 9989 s. 4.7-4.8; RFC 7489 s. 6.3-6.4).
+"""DMARC policy records: tag parsing and validation (RFC 9989 s. 4.7-4.8; RFC 7489 s. 6.3-6.4
+with RFC 9091 s. 3.2).
 
 Pure functions, no DNS: the evaluator, the report builder and the domain doctor share them.
 
@@ -15,7 +16,10 @@ Rules applied (RFC 9989 unless the mode is ``"rfc7489"``):
   invalid ``sp``/``np``: if ``rua`` holds a valid URI the record acts as ``p=none``; otherwise no
   DMARC processing applies (s. 4.10.1), which :attr:`DmarcRecord.policy_error` reports and the
   evaluator turns into ``permerror`` (s. 9.2: "improperly formatted DMARC Policy Record").
-* RFC 9989 ignores the historic ``pct rf ri``; RFC 7489 mode ignores ``np psd t``.
+* RFC 9989 ignores the historic ``pct rf ri``; RFC 7489 mode ignores ``psd t``.  It reads
+  ``np``, which RFC 9091 s. 3.2 added to RFC 7489 ("Its syntax is identical to that of the 'p'
+  tag"), so an invalid ``np`` is treated as an invalid ``sp`` is (RFC 7489 s. 6.6.3 step 6), as
+  RFC 9989 s. 4.10.1 does.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ _TAG = re.compile(r"([A-Za-z]+)[ \t]*=(.*)\Z", re.DOTALL)   # each tag's rule ch
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9\-._~:/?#\[\]@$&'()*+=]|%[0-9A-Fa-f]{2})+"
                   r"(?:![0-9]+[kmgtKMGT]?)?\Z")      # obs-dmarc-report-size accepted, then dropped
 _TAGS_9989 = frozenset("v p sp np adkim aspf fo psd t rua ruf".split())
-_TAGS_7489 = frozenset("v p sp adkim aspf fo pct rf ri rua ruf".split())
+_TAGS_7489 = frozenset("v p sp np adkim aspf fo pct rf ri rua ruf".split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +182,7 @@ def _policies(tags: dict[str, str], mode: str) -> tuple[dict[str, str | None], s
     """p/sp/np as published, and what is wrong with them (s. 4.10.1; RFC 7489 s. 6.6.3 step 6)."""
     out: dict[str, str | None] = {"p": "none", "sp": None, "np": None}
     bad: list[str] = []
-    names = ("p", "sp", "np") if mode == "rfc9989" else ("p", "sp")
-    for name in names:
+    for name in ("p", "sp", "np"):
         value = tags.get(name)
         if value is None:
             if name == "p" and mode == "rfc7489":

@@ -11,8 +11,11 @@ Order of decision (first step that applies wins, later steps only soften):
 
 1. trusted networks: accept, nothing verified (or DKIM only, never acted on);
 2. DMARC by its result and the disposition the domain asks for (RFC 9989 s. 4.7, ``t=y``
-   already folded into the disposition by the engine); a DMARC ``temperror`` follows
-   ``temperror_reject`` only when the record that was found asks for ``p=reject``;
+   already folded into the disposition by the engine); a DMARC ``temperror`` (a DNS failure,
+   or an aligned identifier that could not be checked) follows ``temperror_reject`` only when
+   the record that was found asks for ``p=reject``: RFC 9989 s. 5.3.6, the domain's policy
+   "cannot be applied", so no bundled policy refuses a DMARC temperror with 550 (the 451 of
+   ``tempfail`` lets the sender retry);
 3. SPF, only when DMARC did not pass (SPF alone breaks on forwarding, so by default it never
    rejects: RFC 7208 s. 8.4 leaves it to local policy);
 4. softening of authentication failures: a validated ARC chain (cv=pass) whose newest sealer is
@@ -65,7 +68,8 @@ class DmarcRules:
     none: ActionWord = setting(ACCEPT, "DMARC fail where the domain asks for nothing (p=none)")
     temperror_reject: ActionWord = setting(TEMPFAIL, "DMARC temperror where the record found "
                                                      "asks for reject")
-    temperror: ActionWord = setting(ACCEPT, "any other DMARC temperror (no record could be read)")
+    temperror: ActionWord = setting(ACCEPT, "any other DMARC temperror (no record could be read, "
+                                            "or it asks for less than reject)")
     permerror: ActionWord = setting(ACCEPT, "DMARC permerror from a broken DMARC record")
     invalid_from: ActionWord = setting(REJECT, "no single usable author domain: several From "
                                                "fields, no From, an unparsable From (the classic "
@@ -260,7 +264,8 @@ class Policy:
             reason = f"dmarc=fail policy={dm.policy} disposition={dm.disposition} from={domain}"
             return _Outcome(kind, "dmarc_fail", domain, reason, True)
         if dm.result == "temperror":
-            asks_reject = _published_policy(verdict) == "reject"
+            # t=y (RFC 9989 s. 4.7): the domain is testing its policy and asks for none applied
+            asks_reject = _published_policy(verdict) == "reject" and not dm.testing
             kind = rules.temperror_reject if asks_reject else rules.temperror
             reason = f"dmarc=temperror from={domain}" + (" (p=reject)" if asks_reject else "")
             return _Outcome(kind, "dmarc_temperror", domain, f"{reason}: {dm.reason}", False)

@@ -43,7 +43,8 @@ class ProxyThread:
         async def main() -> None:
             self._stop = asyncio.Event()
             try:
-                resolver = Resolver([self.nameserver], timeout=0.5, lifetime=1.0)
+                resolver = Resolver([self.nameserver], timeout=0.5, lifetime=1.0,
+                                    failure_ttl=self.config.dns.failure_ttl)
                 self.server = ProxyServer(self.config, resolver=resolver,
                                           observers=[self._observe])
                 await self.server.start()

@@ -1,4 +1,5 @@
-"""DMARC evaluation: RFC 9989 (DNS Tree Walk), or RFC 7489 (Public Suffix List) for compatibility.
+"""DMARC evaluation: RFC 9989 (DNS Tree Walk), or for compatibility RFC 7489 (Public Suffix List)
+with the ``np`` tag RFC 9091 added to it.
 
 Two steps, so the engine can run the DNS part beside DKIM:
 
@@ -27,6 +28,13 @@ Decisions (the RFC leaves them to the receiver or is silent):
   never moves past a timed-out or SERVFAIL name to a record higher up.  A failure while only
   finding the Organizational Domain (after the Author Domain's own record was found) matters
   only when relaxed alignment actually needs it.
+* **An aligned identifier that could not be checked is ``temperror``, not ``fail``** (RFC 7489
+  s. 6.6.2, kept by RFC 9989 s. 5.3.6; see :func:`_aligned_temperror`): with no aligned pass,
+  a DKIM signature whose ``d=`` would be aligned, or an aligned SPF identifier, whose result is
+  ``temperror`` makes the result ``temperror``, with the policy the record asks for, so that
+  local policy can tempfail (the sender retries) instead of refusing good mail for a DNS
+  hiccup.  An unaligned identifier could not have given a pass: its ``temperror`` leaves
+  ``fail``.
 * **Policy Domain** (s. 4.10.1): the Author Domain's record with ``p``; else the record of its
   Organizational Domain, else of its Public Suffix Domain (``psd=y``), with ``sp`` for an existing
   subdomain and ``np`` for a non-existent one.  Records between the Author Domain and the
@@ -35,7 +43,9 @@ Decisions (the RFC leaves them to the receiver or is silent):
 * **Non-existent** means NXDOMAIN (s. 3.2.13, RFC 8020).  It is looked up only when ``np``
   differs from the subdomain policy; a TXT answer other than NXDOMAIN at ``_dmarc.<domain>``
   already proves existence.  The query asks for type CNAME so that a CNAME to a missing target
-  still counts as existing (RFC 6604: the rcode describes the end of the chain).
+  still counts as existing (RFC 6604: the rcode describes the end of the chain).  RFC 7489
+  mode keeps RFC 9091's definition (s. 2.7): NXDOMAIN or NODATA for A, AAAA and MX, asked
+  together, only when ``np`` matters.
 * **SPF identifier** (s. 3.2.4, 4.4.2): only the MAIL FROM identity, which for the null sender
   is the HELO domain (RFC 7208 s. 2.4).  Pass the MAIL FROM check's result, never the separately
   labelled HELO check.  Only SPF ``pass`` and DKIM ``pass`` count (a DKIM ``policy`` result,
@@ -51,7 +61,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from publicsuffixlist import PublicSuffixList
 
@@ -234,19 +244,13 @@ async def _discover_rfc9989(author: str, resolver: Resolver,
         or next((s for s in walk.steps if s.record is not None and s.record.psd == "y"), None)
     if chosen is None:
         return DomainPolicy(author, "none", _no_record_reason(author, walk.steps), org_domain=org)
-    relation = "subdomain"
-    if chosen.record.needs_existence_check:
-        exists, error = await _domain_exists(author, first, resolver, deadline)
-        if error:
-            return DomainPolicy(author, "temperror", error, chosen.record, chosen.domain,
-                                org_domain=org)
-        relation = "subdomain" if exists else "nonexistent"
-    return _applies(author, chosen.record, chosen.domain, relation, org, None)
+    return await _subdomain_policy(author, "rfc9989", chosen, first, org, resolver, deadline)
 
 
 async def _discover_rfc7489(author: str, resolver: Resolver,
                             deadline: float | None) -> DomainPolicy:
-    """RFC 7489 s. 6.6.3: ``_dmarc.<From domain>``, then ``_dmarc.<org domain>`` (PSL, s. 3.2)."""
+    """RFC 7489 s. 6.6.3: ``_dmarc.<From domain>``, then ``_dmarc.<org domain>`` (PSL, s. 3.2);
+    with RFC 9091's ``np`` for a non-existent subdomain."""
     org = psl_organizational_domain(author)
     steps = [await lookup_record(author, resolver, mode="rfc7489", deadline=deadline)]
     if steps[0].outcome == "absent" and org != author:
@@ -254,10 +258,27 @@ async def _discover_rfc7489(author: str, resolver: Resolver,
     last = steps[-1]
     if last.outcome == "error":
         return DomainPolicy(author, "temperror", last.reason, org_domain=org)
+    if last.outcome == "record" and last.domain == author:
+        return _applies(author, last.record, author, "self", org, None)
     if last.outcome == "record":
-        relation = "self" if last.domain == author else "subdomain"
-        return _applies(author, last.record, last.domain, relation, org, None)
+        return await _subdomain_policy(author, "rfc7489", last, steps[0], org, resolver, deadline)
     return DomainPolicy(author, "none", _no_record_reason(author, steps), org_domain=org)
+
+
+async def _subdomain_policy(author: str, mode: str, found: RecordLookup, own: RecordLookup,
+                            org: str | None, resolver: Resolver,
+                            deadline: float | None) -> DomainPolicy:
+    """The record ``found`` above the Author Domain applies with ``sp`` to an existing
+    subdomain and ``np`` to a non-existent one; ``own`` is the Author Domain's own ``_dmarc``
+    lookup.  Existence is looked up only when ``np`` makes a difference."""
+    relation = "subdomain"
+    if found.record.needs_existence_check:
+        exists, error = await _domain_exists(author, mode, own, resolver, deadline)
+        if error:
+            return DomainPolicy(author, "temperror", error, found.record, found.domain,
+                                org_domain=org)
+        relation = "subdomain" if exists else "nonexistent"
+    return _applies(author, found.record, found.domain, relation, org, None)
 
 
 def _applies(author: str, record: DmarcRecord, policy_domain: str, relation: str,
@@ -275,15 +296,32 @@ def _no_record_reason(author: str, steps: Sequence[RecordLookup]) -> str:
     return f"{text} ({notes})" if notes else text
 
 
-async def _domain_exists(domain: str, dmarc_lookup: RecordLookup, resolver: Resolver,
+# What tells a mode that a domain exists: the queries asked, and the answers that prove it.
+_EXISTENCE = {
+    "rfc9989": (("CNAME",), (OK, NODATA)),
+    "rfc7489": (("A", "AAAA", "MX"), (OK,)),
+}
+
+
+async def _domain_exists(domain: str, mode: str, dmarc_lookup: RecordLookup, resolver: Resolver,
                          deadline: float | None) -> tuple[bool, str | None]:
-    """RFC 9989 s. 3.2.13: a domain exists unless a query for it gives NXDOMAIN."""
-    if dmarc_lookup.dns_status in (OK, NODATA):       # _dmarc.<domain> exists, so <domain> does
+    """Whether ``domain`` exists, or the DNS error that leaves it unknown.
+
+    RFC 9989 s. 3.2.13: it exists unless a query for it gives NXDOMAIN (RFC 8020), so an
+    answer other than NXDOMAIN at ``_dmarc.<domain>`` already proves it.  RFC 9091 s. 2.7 (the
+    definition RFC 7489 mode keeps): "a non-existent domain is a domain for which there is an
+    NXDOMAIN or NODATA response for A, AAAA, and MX records"; the three are asked together.
+    """
+    if mode == "rfc9989" and dmarc_lookup.dns_status in (OK, NODATA):
         return True, None
-    answer = await resolver.query(domain, "CNAME", deadline=deadline)
-    if answer.status == TEMPERROR:
-        return False, f"DNS error checking whether {domain} exists: {answer.reason}"
-    return answer.status in (OK, NODATA), None          # NXDOMAIN, or a name DNS cannot hold
+    rdtypes, proof = _EXISTENCE[mode]
+    answers = await _all([resolver.query(domain, t, deadline=deadline) for t in rdtypes])
+    if any(a.status in proof for a in answers):
+        return True, None
+    failed = next((a for a in answers if a.status == TEMPERROR), None)
+    if failed is not None:
+        return False, f"DNS error checking whether {domain} exists: {failed.reason}"
+    return False, None          # NXDOMAIN/NODATA, or a name DNS cannot hold
 
 
 @lru_cache(maxsize=4096)
@@ -324,8 +362,10 @@ async def evaluate_dmarc(discovery: PolicyDiscovery, spf: SpfResult, dkim: Seque
         return DmarcResult("permerror", first, reason=discovery.from_error, author_error=True)
     spf_domain = _spf_identifier(spf)
     dkim_domains = tuple(dict.fromkeys(d for d in map(_dkim_identifier, dkim) if d))
+    unchecked = _unchecked_identifiers(spf, dkim)
     results = await _all([
-        _evaluate_domain(p, discovery.mode, spf_domain, dkim_domains, resolver, deadline, sample)
+        _evaluate_domain(p, discovery.mode, spf_domain, dkim_domains, unchecked, resolver,
+                         deadline, sample)
         for p in discovery.policies])
     return results[0] if len(results) == 1 else _strictest(results)
 
@@ -350,9 +390,31 @@ def _normalized(domain: str | None) -> str | None:
         return None
 
 
+class _Unchecked(NamedTuple):
+    """An identifier whose check ended in ``temperror``: a later attempt might pass."""
+
+    method: str             # "SPF" | "DKIM"
+    domain: str
+    what: str               # which identifier, and why it could not be checked
+
+
+def _unchecked_identifiers(spf: SpfResult, dkim: Sequence[DkimResult]) -> tuple[_Unchecked, ...]:
+    """The identifiers whose check ended in ``temperror``: the SPF one (the MAIL FROM identity,
+    the HELO identity for the null sender, as for a pass) and each DKIM signature's ``d=``."""
+    found = [_Unchecked("DKIM", d, f"DKIM d={d} s={sig.selector} could not be checked: "
+                                   f"{sig.reason or 'temperror'}")
+             for sig in dkim if sig.result == "temperror" and (d := _normalized(sig.domain))]
+    if spf.result == "temperror" and spf.identity in ("mailfrom", "helo") \
+            and (d := _normalized(spf.domain)):
+        found.insert(0, _Unchecked("SPF", d, f"SPF {spf.identity} {d} could not be checked: "
+                                             f"{spf.reason or 'temperror'}"))
+    return tuple(found)
+
+
 async def _evaluate_domain(policy: DomainPolicy, mode: str, spf_domain: str | None,
-                           dkim_domains: tuple[str, ...], resolver: Resolver,
-                           deadline: float | None, sample: Callable[[], float]) -> DmarcResult:
+                           dkim_domains: tuple[str, ...], unchecked: tuple[_Unchecked, ...],
+                           resolver: Resolver, deadline: float | None,
+                           sample: Callable[[], float]) -> DmarcResult:
     author = policy.author_domain
     base = DmarcResult(policy.outcome or "none", author, policy.policy_domain, policy.org_domain,
                        record=dict(policy.record.tags) if policy.record else None,
@@ -361,26 +423,74 @@ async def _evaluate_domain(policy: DomainPolicy, mode: str, spf_domain: str | No
         return base
     record = policy.record
     checked = [(spf_domain, record.aspf)] + [(d, record.adkim) for d in dkim_domains]
-    relaxed = {d for d, alignment in checked if d and d != author and alignment == "r"}
     exact = spf_domain == author or author in dkim_domains
-    matches = {} if exact else await _relaxed_matches(policy, mode, relaxed, resolver, deadline)
-    spf_aligned = spf_domain is not None and (
-        spf_domain == author or (record.aspf == "r" and matches.get(spf_domain) is True))
-    dkim_aligned = any(d == author or (record.adkim == "r" and matches.get(d) is True)
-                       for d in dkim_domains)
+    matches = {} if exact else await _relaxed_matches(policy, mode, _to_walk(checked, author),
+                                                      resolver, deadline)
+    spf_aligned = spf_domain is not None and \
+        _alignment(spf_domain, author, record.aspf, matches) is True
+    dkim_aligned = any(_alignment(d, author, record.adkim, matches) is True for d in dkim_domains)
     chosen = record.policy_for(policy.relation)
     if spf_aligned or dkim_aligned:
         which = [n for n, ok in (("SPF", spf_aligned), ("DKIM", dkim_aligned)) if ok]
         return dataclasses.replace(base, result="pass", policy=chosen, spf_aligned=spf_aligned,
                                    dkim_aligned=dkim_aligned, testing=record.testing,
                                    reason=f"aligned {' and '.join(which)} pass")
-    errors = [m for m in matches.values() if isinstance(m, str)]
-    if errors:
-        return dataclasses.replace(base, result="temperror", reason=errors[0])
+    error = next((m for m in matches.values() if isinstance(m, str)), None) or \
+        await _aligned_temperror(policy, mode, unchecked, matches, resolver, deadline)
+    if error:
+        return dataclasses.replace(base, result="temperror", policy=chosen,
+                                   testing=record.testing, reason=error)
     disposition, testing = _disposition(record, chosen, mode, sample)
     return dataclasses.replace(base, result="fail", policy=chosen, disposition=disposition,
                                testing=testing,
                                reason=_fail_reason(record, spf_domain, dkim_domains))
+
+
+def _alignment(domain: str, author: str, mode_tag: str,
+               matches: Mapping[str, bool | str]) -> bool | str:
+    """Is ``domain`` aligned with the Author Domain (RFC 9989 s. 4.4: strict is an exact match,
+    relaxed ``r`` also the same Organizational Domain, as ``matches`` says)?  A string is the
+    DNS error that leaves it unknown."""
+    if domain == author:
+        return True
+    return matches.get(domain, False) if mode_tag == "r" else False
+
+
+def _to_walk(identifiers: Iterable[tuple[str | None, str]], author: str) -> set[str]:
+    """The domains whose relaxed alignment needs their Organizational Domain."""
+    return {d for d, mode_tag in identifiers if d and d != author and mode_tag == "r"}
+
+
+async def _aligned_temperror(policy: DomainPolicy, mode: str, unchecked: tuple[_Unchecked, ...],
+                             matches: Mapping[str, bool | str], resolver: Resolver,
+                             deadline: float | None) -> str | None:
+    """Why the result is ``temperror`` rather than ``fail``, or None.
+
+    RFC 7489 s. 6.6.2: "If neither passes and one or both of them fail due to a temporary
+    error, the Receiver evaluating the message is unable to conclude that the DMARC mechanism
+    had a permanent failure; they therefore cannot apply the advertised DMARC policy."  RFC
+    9989 s. 5.3.6 keeps it ("If one or more DNS queries required to perform DMARC validation
+    ... do not complete due to temporary ... DNS errors, the message cannot be considered to
+    pass or fail").  Only an identifier that would be aligned counts: an unaligned one could
+    not give a pass, so its temperror leaves a ``fail``.  Called only when nothing passed in
+    alignment, so the Tree Walks it may need cost the passing messages nothing.
+    """
+    if not unchecked:
+        return None
+    record, author = policy.record, policy.author_domain
+    tagged = [(u, record.aspf if u.method == "SPF" else record.adkim) for u in unchecked]
+    if all(u.domain != author for u in unchecked):
+        missing = _to_walk(((u.domain, tag) for u, tag in tagged), author) - matches.keys()
+        if missing:
+            matches = {**matches,
+                       **await _relaxed_matches(policy, mode, missing, resolver, deadline)}
+    for u, tag in tagged:
+        aligned = _alignment(u.domain, author, tag, matches)
+        if aligned is True:
+            return f"no aligned pass, and the aligned {u.what}"
+        if isinstance(aligned, str):
+            return f"no aligned pass, and the {u.what}; whether it aligns is unknown: {aligned}"
+    return None
 
 
 async def _relaxed_matches(policy: DomainPolicy, mode: str, domains: set[str],

@@ -8,8 +8,10 @@ on a miss raises :class:`_NeedDNS`.  :func:`check_spf` then awaits the missing l
 the check again from the start ("restartable evaluation", docs/libraries.md s. 2.2 (b)).  With
 a warm cache a check is one synchronous pass; a cold one takes one round per DNS dependency.
 
-The processing limits (10 DNS-querying terms, 2 void lookups, 10 MX / PTR names;
-RFC 7208 s. 4.6.4) are pyspf's defaults and are enforced by pyspf.
+The processing limits of RFC 7208 s. 4.6.4 are pyspf's (10 DNS-querying terms, 2 void lookups,
+10 MX / PTR names), with two of its readings corrected in :class:`_Query`: void lookups are
+counted per term, and an ``mx`` term with more than 10 names fails only if it has to look past
+the tenth.
 
 The engine runs :class:`SpfCheck` and :class:`HeloSpfCheck` (envelope checks,
 :mod:`authfilter.checks.base`), started at MAIL FROM.
@@ -84,8 +86,8 @@ def _names_needing_addresses(answer: DnsAnswer) -> list[str]:
     """Host names whose addresses pyspf looks up after this answer (RFC 7208 s. 4.6.4)."""
     if not answer.ok:
         return []
-    if answer.rdtype == "MX" and len(answer.records) <= pyspf.MAX_MX:    # more: permerror
-        return [host for _, host in sorted(answer.records) if host]
+    if answer.rdtype == "MX":       # the first 10 by preference: the only ones checked
+        return [host for _, host in sorted(answer.records)[:pyspf.MAX_MX] if host]
     if answer.rdtype == "PTR":
         return [host for host in answer.records[:pyspf.MAX_PTR] if host]
     return []
@@ -127,14 +129,34 @@ def _pyspf_dns_lookup(name: str, qtype: str, strict: bool = True, timeout: float
 pyspf.DNSLookup = _pyspf_dns_lookup
 
 
+class _MxAddresses(list):
+    """The addresses of an MX answer's first :data:`pyspf.MAX_MX` names; ``more_names``: the
+    answer has more names than that, which the ``mx`` term may not look up."""
+
+    __slots__ = ("more_names",)
+
+
 class _Query(pyspf.query):
-    """pyspf's query with two RFC corrections.
+    """pyspf's query with these RFC corrections.
 
     * The local-part and domain are the ones we split off (at the last ``@``, so a quoted
       local-part may contain ``@``; RFC 5321 s. 4.1.2), not pyspf's first-``@`` split.
     * RFC 7208 s. 5.5: "If a DNS error occurs while doing an A RR lookup, then that domain name
       is skipped and the search continues."  pyspf lets the error end the check as temperror.
       (This also applies to the ``%{p}`` macro, RFC 7208 s. 7.3.)
+    * Void lookups are counted per term.  RFC 7208 s. 4.6.4 limits "the number of 'terms' for
+      which DNS queries return either a positive answer (RCODE 0) with an answer count of 0, or
+      a 'Name Error' (RCODE 3) answer": what counts is the lookup a term makes for its own
+      domain-spec (``a``, ``mx``, ``ptr``, ``exists``, ``include``, ``redirect``), once.  The
+      address lookups of the names an ``mx`` or ``ptr`` term goes on to check, and every lookup
+      of the ``%{p}`` macro (not a term), are not void lookups.  pyspf counts every empty
+      answer, so a ``ptr`` whose PTR names do not resolve exceeded the limit (permerror).
+    * An ``mx`` term with more than 10 names.  RFC 7208 s. 4.6.4: "the evaluation of each 'MX'
+      record MUST NOT result in querying more than 10 address records ... If this limit is
+      exceeded, the 'mx' mechanism MUST produce a 'permerror' result."  The limit is on the
+      lookups made: the names are checked in preference order, a match among the first 10
+      matches, and only a term that would have to look up an 11th name is permerror (the 11th
+      lookup is never made).  pyspf gives permerror as soon as the answer has 11 names.
     """
 
     def __init__(self, ip: str, local: str, domain: str, helo: str, receiver: str,
@@ -142,15 +164,51 @@ class _Query(pyspf.query):
         super().__init__(i=ip, s=f"{local}@{domain}", h=helo, receiver=receiver or None,
                          strict=True, querytime=querytime)
         self.l, self.o, self.d = local, domain, domain
+        self._in_macro = False
+
+    def dns(self, name: str, qtype: str, cnames: dict | None = None,
+            ignore_void: bool = False) -> list:
+        """pyspf's lookup; no empty answer to the ``%{p}`` macro is a void lookup."""
+        return super().dns(name, qtype, cnames, ignore_void or self._in_macro)
+
+    def getp(self) -> str:
+        """The ``%{p}`` macro (RFC 7208 s. 7.3): its lookups belong to no term."""
+        self._in_macro = True
+        try:
+            return super().getp()
+        finally:
+            self._in_macro = False
+
+    def dns_mx(self, domainname: str) -> _MxAddresses:
+        """The ``mx`` term's addresses: those of its first 10 names by preference."""
+        names = sorted(self.dns(domainname, "MX"))
+        addresses = _MxAddresses(address for _, host in names[:pyspf.MAX_MX]
+                                 for address in self._addresses(host))
+        addresses.more_names = len(names) > pyspf.MAX_MX
+        return addresses
+
+    def cidrmatch(self, ipaddrs: list, n: int) -> bool:
+        """pyspf's match; an ``mx`` term with more than 10 names that none of the first 10
+        matches is permerror, since going on would take an 11th address lookup."""
+        if super().cidrmatch(ipaddrs, n):
+            return True
+        if isinstance(ipaddrs, _MxAddresses) and ipaddrs.more_names:
+            raise pyspf.PermError(f"More than {pyspf.MAX_MX} MX records returned and none of the "
+                                  f"first {pyspf.MAX_MX} matches (RFC 7208 s. 4.6.4)")
+        return False
 
     def validated_ptrs(self) -> list[str]:
         return [name for name in self.dns_ptr(self.i)[:pyspf.MAX_PTR] if self._has_client_address(name)]
 
     def _has_client_address(self, name: str) -> bool:
         try:
-            return self.cidrmatch(self.dns_a(name, self.A), self.cidrmax)
+            return self.cidrmatch(self._addresses(name), self.cidrmax)
         except pyspf.TempError:
             return False
+
+    def _addresses(self, host: str) -> list:
+        """The addresses of a name an ``mx`` or ``ptr`` term checks: not a void lookup."""
+        return self.dns(host, self.A, ignore_void=True) if host else []
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ When a report is made (RFC 9991 s. 2, RFC 9989 s. 4.7 ``fo``):
 
 * only for a DMARC ``fail`` of a message that was not tempfailed (the retry is the message that
   counts), with a ``ruf`` tag in the policy record, and never for a record with ``psd=y``;
+  never for a ``temperror``, accepted or not: a check that could not be made is no failure
+  (RFC 7489 s. 6.6.2 only says receivers "MAY send feedback reports regarding temporary
+  errors"), and the domain would learn nothing it can fix;
 * ``fo=0`` (the default) and ``fo=1`` give a DMARC report (``Auth-Failure: dmarc``).  For a
   failing message no mechanism produced an aligned pass, so both conditions hold; reports about
   messages that passed DMARC are not made (privacy first: they describe legitimate mail);

@@ -10,7 +10,8 @@ what is left.
 
 Which messages are not recorded, and why:
 
-* no DMARC policy was found (result ``none``, ``temperror``, ``permerror``): nobody to report to;
+* no DMARC policy applies (result ``none`` or ``permerror``, or a ``temperror`` before a policy
+  record was read): nobody to report to;
 * the message was tempfailed (by us or by the upstream MTA): the sender will try again and the
   retry is the message that counts;
 * the message is itself a DMARC report (an aggregate report's RFC 9990 "Email" subject, or an

@@ -27,8 +27,12 @@ MAX_SIGNATURES = 100
 # Tags of the DMARC record kept with each row (policy_published, rua, ruf, and RFC 7489 pct).
 POLICY_TAGS = ("p", "sp", "np", "adkim", "aspf", "fo", "t", "psd", "pct", "rua", "ruf")
 MAX_COMMENT = 200
+# The override comment of a DMARC temperror row: the same text for every such row, so that
+# identical messages still group (the DNS error itself differs from one message to the next).
+TEMPERROR_COMMENT = "DMARC temperror: a check failed for now, so the policy could not be applied"
 
 _SPF_SCOPE = {"mailfrom": "mfrom", "helo": "helo"}
+_RECORDED = frozenset({"pass", "fail", "temperror"})
 _CLEAN = str.maketrans({"\t": " ", "\n": " ", "\r": " ", ";": ","})
 
 
@@ -117,9 +121,11 @@ def override_reasons(verdict: Verdict, disposition: str, override_reason: str | 
     """RFC 9990 "Policy Override Reason": a reason when, and only when, the disposition
     applied is not the one the policy asks for (``none`` for mail that passes).
     ``override_reason`` is a type (``"trusted_forwarder"``), ``"type: comment"``, or free text
-    (reported as ``other`` with the text as comment)."""
+    (reported as ``other`` with the text as comment).  A temperror that was not tempfailed
+    (its policy asks for less than reject) is ``other``: RFC 9989 s. 5.3.6, "the Domain Owner
+    Assessment Policy cannot be applied to the message"."""
     dmarc = verdict.dmarc
-    expected = dmarc.policy if dmarc.result == "fail" else "none"
+    expected = dmarc.policy if dmarc.result in ("fail", "temperror") else "none"
     if disposition == expected:
         return ""
     if override_reason:
@@ -130,6 +136,8 @@ def override_reasons(verdict: Verdict, disposition: str, override_reason: str | 
         else:
             kind, comment = "other", override_reason.strip()
         return f"{kind}\t{comment.translate(_CLEAN)[:MAX_COMMENT]}"
+    if dmarc.result == "temperror":
+        return f"other\t{TEMPERROR_COMMENT}"
     if dmarc.testing and dmarc.result == "fail":
         return "policy_test_mode\t"
     return "local_policy\t"
@@ -139,9 +147,16 @@ def row_from_verdict(facts: SessionFacts, verdict: Verdict, disposition: str,
                      override_reason: str | None, *, received: int, discovery: str,
                      with_envelope_to: bool) -> EvaluationRow | None:
     """The row for one evaluation, or None when there is nothing to report: no DMARC policy
-    was found (result none/temperror/permerror), so no report can go anywhere."""
+    applies (result none or permerror, or a temperror before a policy record was read), so no
+    report can go anywhere.
+
+    A temperror with a policy record (say, an aligned identifier whose check failed for now)
+    is a row: its auth_results carry the underlying ``temperror`` results (RFC 9990's schema:
+    "DKIM and SPF results, uninterpreted with respect to DMARC"), and policy_evaluated has no
+    aligned pass.
+    (A tempfailed message is not recorded at all: the retry is the message that counts.)"""
     dmarc = verdict.dmarc
-    if dmarc.result not in ("pass", "fail") or not dmarc.policy_domain or not dmarc.from_domain:
+    if dmarc.result not in _RECORDED or not dmarc.policy_domain or not dmarc.from_domain:
         return None
     header_from = dmarc.from_domain.rstrip(".").lower()
     org_domain = (dmarc.org_domain or dmarc.policy_domain).rstrip(".").lower()

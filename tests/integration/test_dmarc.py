@@ -72,9 +72,13 @@ def test_none_without_any_record(zone, resolver):
 def test_only_pass_results_count(zone, resolver):
     zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=reject")
     r = check(resolver, spf=SpfResult("softfail", "mailfrom", "example.com"),
+              sigs=[dkim("example.com", "policy"), dkim("example.com", "fail")])
+    assert r.result == "fail" and r.reason == "no SPF or DKIM pass"
+    # an aligned temperror is no pass either, but it makes the result temperror (issue 12)
+    r = check(resolver, spf=SpfResult("softfail", "mailfrom", "example.com"),
               sigs=[dkim("example.com", "policy"), dkim("example.com", "fail"),
                     dkim("example.com", "temperror")])
-    assert r.result == "fail" and r.reason == "no SPF or DKIM pass"
+    assert r.result == "temperror"
 
 
 # -- DNS failures are temperror, never a fallback --------------------------------------------------
@@ -358,6 +362,15 @@ def test_rfc7489_multiple_records_at_from_domain_stop_discovery(zone, resolver):
     zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=reject")
     r = check(resolver, "user@sub.example.com", mode="rfc7489")
     assert r.result == "none" and dmarc_queries(zone) == ["_dmarc.sub.example.com"]
+
+
+def test_rfc7489_mode_honours_np_for_a_non_existent_subdomain(layered, resolver):
+    """RFC 9091 s. 3.2 added np to RFC 7489; non-existent per its s. 2.7 (no A, AAAA or MX)."""
+    r = check(resolver, "user@ghost.example.com", mode="rfc7489")
+    assert (r.result, r.policy, r.disposition, r.policy_domain) == \
+        ("fail", "reject", "reject", "example.com")
+    assert {("ghost.example.com", t) for t in ("A", "AAAA", "MX")} <= set(layered.queries)
+    assert check(resolver, "user@exists.example.com", mode="rfc7489").policy == "quarantine"
 
 
 def test_rfc7489_temperror_at_from_domain(zone, resolver):

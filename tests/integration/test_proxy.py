@@ -9,6 +9,7 @@ import time
 import dkim
 import pytest
 
+from authfilter.authres import build_header
 from tests.mailtools import dkim_key, header_fields, message, publish_domain, signed
 from tests.proxyrunner import proxy_config
 
@@ -99,6 +100,36 @@ def test_dmarc_temperror_for_a_reject_domain_is_tempfailed(zone, sink, start_pro
         send(proxy, message(from_addr="a@sub.example.org"), mail_from="b@example.org")
     assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.")
     assert sink.messages == []
+
+
+def test_aligned_key_servfail_under_p_reject_is_451_and_the_retry_passes(zone, sink, start_proxy):
+    """Issue 12 (RFC 7489 s. 6.6.2, RFC 9989 s. 5.3.6): the only identifier aligned with
+    example.org (p=reject) is its DKIM signature, and the key lookup gets SERVFAIL: the result
+    is dmarc=temperror and the client gets 451, never 550.  Once the DNS answers again and the
+    failure TTL (dns.failure_ttl = 1 s) has passed, the retried message passes and is relayed."""
+    publish_domain(zone, "example.org")
+    zone.add("esp.example", "TXT", "v=spf1 ip4:127.0.0.0/8 -all")     # SPF passes, unaligned
+    zone.misbehave("sel._domainkey.example.org", "servfail")
+    config = proxy_config(sink.address)
+    config.dns.failure_ttl = 1
+    proxy = start_proxy(config)
+    raw = signed(message())
+    with pytest.raises(smtplib.SMTPDataError) as deferred:
+        send(proxy, raw, mail_from="bounce@esp.example")
+    assert deferred.value.smtp_code == 451 and deferred.value.smtp_error.startswith(b"4.4.3 ")
+    assert sink.messages == []
+    facts, verdict, action, upstream_reply, _ = proxy.observed[-1]
+    assert (verdict.dmarc.result, action.kind, upstream_reply) == ("temperror", "tempfail", None)
+    results = build_header("mx.test", facts, verdict)          # what the pipeline wrote
+    assert "dmarc=temperror (p=reject dis=NONE; no aligned pass, and the aligned DKIM " \
+           "d=example.org s=sel could not be checked: key lookup sel._domainkey.example.org" \
+        in " ".join(results.split())
+    zone.recover("sel._domainkey.example.org")
+    time.sleep(1.2)                                             # the failure TTL runs out
+    send(proxy, raw, mail_from="bounce@esp.example")
+    ours = results_headers(sink.messages[-1].content)
+    assert len(ours) == 1 and "dkim=pass" in ours[0] and "dmarc=pass" in ours[0]
+    assert proxy.observed[-1][2].kind == "accept"
 
 
 def test_upstream_down_gives_4xx(zone, sink, start_proxy):

@@ -108,7 +108,21 @@ def test_rfc9989_ignores_historic_tags_and_rfc7489_ignores_new_ones():
     modern = record("v=DMARC1; p=reject; pct=10; np=none; t=y")
     assert modern.pct == 100 and modern.np == "none" and modern.testing
     legacy = record("v=DMARC1; p=reject; pct=10; np=none; t=y; ri=3600; rf=afrf", "rfc7489")
-    assert legacy.pct == 10 and legacy.np is None and not legacy.testing and legacy.ri == 3600
+    assert legacy.pct == 10 and not legacy.testing and legacy.ri == 3600
+    assert legacy.np == "none"                       # RFC 9091 added np to RFC 7489 (issue 12)
+
+
+def test_rfc7489_mode_reads_np_as_rfc9091_s3_2_added_it():
+    """RFC 9091 s. 3.2: np "applies only to non-existent subdomains of the domain queried";
+    its syntax is that of p, so an invalid np is handled like an invalid sp (RFC 7489
+    s. 6.6.3 step 6)."""
+    r = record("v=DMARC1; p=none; sp=quarantine; np=reject", "rfc7489")
+    assert [r.policy_for(k) for k in ("self", "subdomain", "nonexistent")] == \
+        ["none", "quarantine", "reject"]
+    assert r.needs_existence_check and not r.problems
+    assert record("v=DMARC1; p=reject; np=bogus", "rfc7489").policy_error
+    acting_none = record("v=DMARC1; p=reject; np=bogus; rua=mailto:a@example.com", "rfc7489")
+    assert acting_none.policy_for("nonexistent") == "none" and acting_none.policy_error is None
 
 
 @pytest.mark.parametrize("value", ["101", "-1", "ten", "5.5"])

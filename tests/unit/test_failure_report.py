@@ -289,6 +289,18 @@ def test_nothing_is_queued_when_no_report_is_due(why, call):
     assert r.queued == 0 and r.errors == 0, why
 
 
+def test_an_accepted_dmarc_temperror_gets_no_failure_report_rfc7489_s6_6_2():
+    """An aligned key lookup that failed is no DMARC failure: nothing is reported, whatever
+    fo= asks for (RFC 7489 s. 6.6.2 only allows, "MAY", reports about temporary errors)."""
+    key_failure = (("example.com", "s1", "temperror", "alice@example.com",
+                    "key lookup s1._domainkey.example.com: SERVFAIL"),)
+    r = reporter()
+    r(MessageEvent(FACTS, verdict(result="temperror", fo="1:d:s", spf=("temperror", "example.com"),
+                                  dkim=key_failure), Action("accept", "dmarc=temperror"),
+                   SmtpReply(250, "ok"), 0.0, HEADERS))
+    assert r.queued == 0 and r.errors == 0
+
+
 def test_suppressed_domains_get_no_reports():
     r = reporter(suppress=[".example.com"])
     r(MessageEvent(FACTS, verdict(from_domain="sub.example.com"), REJECT, None, 0.0, HEADERS))

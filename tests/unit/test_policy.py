@@ -1,6 +1,7 @@
 """Policy decisions: verdict + session facts -> action, for the bundled policies and overrides."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,24 @@ def test_temperror_tempfails_only_where_the_domain_asks_for_reject():
     unknown = verdict("temperror", "none", record=None)
     assert p.decide(FACTS, unknown).kind == "accept"           # no record read: cannot know
     assert p.decide(FACTS, verdict("temperror", "quarantine")).kind == "accept"
+
+
+def test_dmarc_temperror_is_451_where_the_record_asks_for_reject_never_550_rfc9989_s5_3_6():
+    """RFC 9989 s. 5.3.6: after a temporary error "the Domain Owner Assessment Policy cannot be
+    applied to the message".  The engine's temperror for an aligned key lookup that failed
+    carries the policy the record asks for; the bundled policies tempfail (451) where that is
+    reject and never refuse a temperror with 550."""
+    for name in ("default", "strict", "monitor"):
+        for asked in ("reject", "quarantine", "none"):
+            action = policy(name).decide(FACTS, verdict("temperror", asked,
+                                                        record={"v": "DMARC1", "p": asked}))
+            assert action.kind in ("tempfail", "accept"), (name, asked)
+            if action.kind == "tempfail":
+                assert action.reply.to_bytes().startswith(b"451 4.4.3 ")
+    aligned_key_failure = verdict("temperror", "reject", record={"v": "DMARC1", "p": "reject"})
+    assert policy().decide(FACTS, aligned_key_failure).kind == "tempfail"
+    asks_quarantine = verdict("temperror", "quarantine", record={"v": "DMARC1", "p": "quarantine"})
+    assert policy().decide(FACTS, asks_quarantine).kind == "accept"
 
 
 def test_trusted_arc_sealer_overrides_a_dmarc_failure():
@@ -172,3 +191,12 @@ def test_no_single_author_domain_is_refused_by_default_but_a_broken_record_is_no
     assert b"exactly one From" in refused.reply.to_bytes()
     assert policy().decide(FACTS, verdict("permerror", "none")).kind == "accept"   # broken record
     assert policy("monitor").decide(FACTS, two_froms).kind == "accept"
+
+
+def test_a_temperror_of_a_domain_testing_its_reject_policy_is_accepted():
+    """RFC 9989 s. 4.7, t=y: the domain asks that its policy not be applied yet, so a DNS
+    hiccup gives it nothing to retry for."""
+    v = verdict("temperror", "reject")
+    testing = dataclasses.replace(v, dmarc=dataclasses.replace(v.dmarc, testing=True))
+    assert Policy.from_config(Config()).decide(FACTS, testing).kind == "accept"
+    assert Policy.from_config(Config()).decide(FACTS, v).kind == "tempfail"

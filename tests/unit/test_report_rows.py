@@ -7,8 +7,8 @@ import pytest
 
 from authfilter.reports.destinations import authorized, is_suppressed, parse_uris
 from authfilter.reports.recorder import is_dmarc_report
-from authfilter.reports.rows import (EvaluationRow, parse_policy, policy_text, report_ip,
-                                     row_from_verdict)
+from authfilter.reports.rows import (TEMPERROR_COMMENT, EvaluationRow, parse_policy, policy_text,
+                                     report_ip, row_from_verdict)
 from authfilter.results import (ArcResult, DkimResult, DmarcResult, SessionFacts, SpfResult,
                                 Verdict)
 
@@ -49,6 +49,23 @@ def test_a_failing_evaluation_becomes_one_row():
 @pytest.mark.parametrize("result", ["none", "temperror", "permerror"])
 def test_no_policy_no_row(result):
     assert row(verdict(result, policy_domain=None, record=None)) is None
+
+
+def test_a_temperror_with_a_policy_is_a_row_of_the_underlying_temperror_results_rfc9990():
+    """RFC 9990 auth_results holds "DKIM and SPF results, uninterpreted with respect to DMARC"
+    (its schema): a DMARC temperror for a domain with a record (an aligned key lookup failed,
+    the policy asked for less than reject, so the message was accepted) is a row with those
+    temperror results and no aligned pass; that the policy was not applied is an ``other``
+    reason (RFC 9989 s. 5.3.6), the same for every such row so that they group."""
+    v = verdict("temperror", policy="quarantine", disposition="none",
+                spf=("temperror", "mailfrom", "example.com"),
+                dkim=[("example.com", "s1", "temperror"), ("esp.example", "e", "pass")])
+    r = row(v, "none")
+    assert (r.spf_result, r.dkim_aligned, r.spf_aligned, r.disposition) == ("temperror", 0, 0, "none")
+    assert r.dkim.split("\n") == ["esp.example\te\tpass", "example.com\ts1\ttemperror"]
+    assert r.reasons == f"other\t{TEMPERROR_COMMENT}"
+    assert row(verdict("temperror", policy="none", disposition="none"), "none").reasons == ""
+    assert row(v, "none", "local_policy: dry run").reasons == "local_policy\tdry run"
 
 
 @pytest.mark.parametrize("ip,shown", [

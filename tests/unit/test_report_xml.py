@@ -7,6 +7,7 @@ import pytest
 from lxml import etree
 
 from authfilter.reports.aggregate import AggregateReport, Reporter, period_start, report_id
+from authfilter.reports.rows import TEMPERROR_COMMENT
 from authfilter.reports.store import GroupedRecord
 from tests.conftest import testdata as conformance_file
 
@@ -54,6 +55,22 @@ def test_valid_with_every_optional_part(xsd):
             for x in reasons] == [("mailing_list", "List-Id: <x.lists.example>"), ("other", None)]
     assert root.findtext("d:record[2]/d:identifiers/d:envelope_to", namespaces=NS) == \
         "receiver.example"
+
+
+def test_a_dmarc_temperror_row_is_valid_and_shows_the_temperror_results_rfc9990(xsd):
+    """A DMARC temperror that was accepted: the underlying temperror results in auth_results,
+    no aligned pass in policy_evaluated, and the ``other`` reason its row carries."""
+    r = report({"p": "quarantine"},
+               [record(spf_result="temperror", dkim="example.com\ts1\ttemperror", dkim_aligned=0,
+                       spf_aligned=0, reasons=f"other\t{TEMPERROR_COMMENT}")])
+    root = etree.fromstring(r.xml(REPORTER))
+    xsd.assertValid(root)
+    row = "d:record/d:row/d:policy_evaluated/"
+    assert [root.findtext(row + tag, namespaces=NS) for tag in ("d:disposition", "d:dkim", "d:spf",
+                                                               "d:reason/d:type")] == \
+        ["none", "fail", "fail", "other"]
+    assert [root.findtext(f"d:record/d:auth_results/d:{m}/d:result", namespaces=NS)
+            for m in ("dkim", "spf")] == ["temperror", "temperror"]
 
 
 def test_values_outside_the_schema_are_replaced_and_explained(xsd):
