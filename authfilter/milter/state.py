@@ -49,6 +49,10 @@ class MilterState(enum.Enum):
     END_OF_MESSAGE = "after the end of the message"
     CLOSED = "after QUIT"
 
+    # Every event looks its state up in the table: Enum's own __hash__ is a Python function
+    # (hash of the name), the identity hash of these singletons is the C one and as good.
+    __hash__ = object.__hash__
+
     @property
     def in_transaction(self) -> bool:
         """A MAIL transaction is open: SMFIC_ABORT or a HELO now abandons a message."""
@@ -199,6 +203,12 @@ class MilterSession:
     def needs_reply(self, event: Event) -> bool:
         """Whether the MTA waits for our reply to ``event`` (with the SMFIP_NR_* in force)."""
         return type(event) in self._answered
+
+    @property
+    def answered(self) -> frozenset[type]:
+        """The event types the MTA waits for a reply to, as :meth:`needs_reply` says, for a
+        driver that looks the type up once per event itself."""
+        return self._answered
 
     def macro(self, name: bytes) -> bytes | None:
         """The value of macro ``name`` in force, ``i`` and ``{i}`` alike (Postfix looks every
