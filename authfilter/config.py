@@ -160,8 +160,9 @@ class LoggingConfig:
 
 @dataclass
 class MetricsConfig:
-    listen: str = setting("", "IP:PORT of the Prometheus /metrics endpoint, e.g. 127.0.0.1:9469; "
-                              "worker i serves PORT+1+i; empty = off", check=_check_metrics_listen)
+    listen: str = setting("", "IP:PORT of the Prometheus /metrics endpoint, e.g. 127.0.0.1:9469, "
+                              "one for all workers (the supervisor serves their sum); empty = off",
+                          check=_check_metrics_listen)
 
 
 def _check_optional_hostport(value: str) -> None:

@@ -8,16 +8,20 @@ methods on it; nothing else in the hot path knows about Prometheus::
     server = metrics.start_http("127.0.0.1:9469")     # /metrics, served from a daemon thread
     metrics.session_opened()
     metrics.message_done(verdict, "accept", {"spf": 0.003, "total": 0.011, "end_of_data": 0.02})
-    metrics.upstream_error("timeout")
+    metrics.upstream_error("refused")
     metrics.session_closed()
     server.stop()
 
-Exposed series (all prefixed ``authfilter_``):
+Exposed series (all prefixed ``authfilter_``).  Every labelled series a dashboard asks for is
+there from the start at 0 (each action, each upstream error kind, each check, each result word
+of :data:`RESULT_WORDS`), so its panels show 0 rather than "No data":
 
 ============================================  ==========================================
 ``sessions_open``                             SMTP sessions open now (gauge)
 ``sessions_total``                            SMTP sessions accepted
 ``messages_total{action}``                    messages finished, by the policy's action word
+                                              (accept, quarantine, tempfail, reject): what the
+                                              policy decided, not what became of the message
 ``results_total{method,result}``              one per result: spf, spf_helo, dkim (one per
                                               signature, ``none`` when unsigned), arc, dmarc
                                               (each check's ``metric_keys``)
@@ -26,35 +30,58 @@ Exposed series (all prefixed ``authfilter_``):
 ``end_of_data_duration_seconds``              histogram: end of DATA to our final reply
 ``dns_queries_total``, ``dns_cache_hits_total``, ``dns_coalesced_total``, ``dns_failures_total``
                                               read from the resolver's counters at scrape time
-``upstream_errors_total{kind}``               failures talking to the next MTA, by kind
+``upstream_errors_total{kind}``               a message we let through that the next MTA did
+                                              not take, by :data:`UPSTREAM_ERRORS` kind
 ``report_backlog``                            DMARC report rows buffered, not yet written to the store
-``worker_restarts_total``                     worker processes restarted by the supervisor
+``worker_restarts_total{worker}``             worker processes restarted by the supervisor, by
+                                              worker slot (0, 1, ...; one process: ``0``, at 0)
+``process_*`` (no prefix)                     prometheus_client's process metrics: CPU seconds,
+                                              resident and virtual memory, open and maximum
+                                              file descriptors, start time
 ============================================  ==========================================
 
 Several worker processes
 ------------------------
-Each worker process keeps its own registry and serves it on its own port; Prometheus scrapes
-them all and sums them (``sum without (instance) (rate(authfilter_messages_total[5m]))``).
-With ``metrics.listen = "127.0.0.1:9469"`` worker *i* (0-based) serves ``9469 + i`` (a single
-process serves ``9469``): :func:`worker_listen` computes it.  ``worker_restarts_total`` is kept
-per worker slot: a restarted worker starts with the number of times its slot was restarted.
-The scrape config lists the ports, e.g. for 4 workers::
+With several workers (``proxy.workers``), the supervisor serves ``metrics.listen``
+(:class:`WorkersEndpoint`) and each worker answers it over a private socket pair
+(:meth:`Metrics.answer`): on each scrape the supervisor asks every worker for its samples
+(they reply in parallel, within :data:`WORKER_TIMEOUT`) and serves their sum, so the one
+address shows every message whichever worker took it.  ``process_*`` are per process: those of
+the supervisor itself carry no extra label, each worker's carry ``worker="<slot>"``, so
+``sum(process_resident_memory_bytes)`` is the whole service and
+``process_open_fds / process_max_fds`` stays a per-process ratio.  ``worker_restarts_total``
+comes from the supervisor, one series per slot.
 
-    - job_name: authfilter
-      static_configs:
-        - targets: ["127.0.0.1:9469", "127.0.0.1:9470", "127.0.0.1:9471", "127.0.0.1:9472"]
+A worker that exits stops answering, and Prometheus reads a sum that goes down as a counter
+reset (a burst of phantom increase), so its counters and histograms are kept: its last answer
+is added to every later scrape.  Its gauges and ``process_*`` go with it.  This is what
+prometheus_client's multiprocess mode does with the files of a dead process
+(``mark_process_dead``); what a worker killed outright (SIGKILL) counted since the last scrape
+is lost.  Nothing is written to disk, so there is nothing to clean at start.
 
+Why not that multiprocess mode itself: it keeps every value in an mmap'd file and takes a lock
+per update, which puts ``message_done`` at about 30 us, seven times the plain numbers here and
+over its 20 us budget, and it cannot run collectors such as ours, which read the resolver's
+counters, the report backlog and ``/proc`` at scrape time.  Here a message costs what it did
+with one endpoint per worker; a scrape costs each worker less than rendering its own endpoint
+did (under a millisecond), and the supervisor about 2 ms for the sum, once per scrape interval.
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
+import selectors
+import socket
+import time
 import typing
 from bisect import bisect_left
-from dataclasses import dataclass
-from threading import Thread
-from typing import Callable, Iterator, Mapping
+from collections import deque
+from dataclasses import dataclass, field
+from threading import Lock, Thread
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, start_http_server
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     Metric)
 from prometheus_client.registry import Collector
@@ -62,10 +89,13 @@ from prometheus_client.utils import floatToGoString
 
 from .checks import REGISTRY
 from .config import parse_listen_address
+from .policy import ACCEPT, QUARANTINE, REJECT, TEMPFAIL
 
 if typing.TYPE_CHECKING:
     from .dns import Resolver
     from .results import Verdict
+
+log = logging.getLogger("authfilter.metrics")
 
 TOTAL = "total"                # the timings key for the whole engine run
 END_OF_DATA = "end_of_data"    # the timings key for the end-of-data latency
@@ -73,13 +103,28 @@ END_OF_DATA = "end_of_data"    # the timings key for the end-of-data latency
 # pipeline must stay well inside Postfix's 100 s smtpd_proxy_timeout.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-def worker_listen(listen: str, index: int) -> str:
-    """The address worker ``index`` (0-based) serves on: the configured port + index."""
-    host, port = parse_listen_address(listen)
-    shown = f"[{host}]" if ":" in host else host
-    return f"{shown}:{port + index}"
+ACTIONS = (ACCEPT, QUARANTINE, TEMPFAIL, REJECT)
+UPSTREAM_ERRORS = ("unavailable", "after_data", "closing", "refused")
+"""The ``kind`` of ``upstream_errors_total``: the connection to the next MTA broke or timed out
+before the message was sent, at MAIL, RCPT or DATA (``unavailable``), or after, so it may have
+it (``after_data``); it answered 421, going away (``closing``), or it answered DATA or the
+message with another 4xx or
+5xx, which the client got (``refused``: the log line says ``outcome=refused upstream=451 ...``).
+The first three are ``outcome=failed`` in the log line."""
+_SPF_WORDS = ("none", "neutral", "pass", "fail", "softfail", "temperror", "permerror")
+RESULT_WORDS: Mapping[str, tuple[str, ...]] = {
+    "spf": _SPF_WORDS,
+    "spf_helo": _SPF_WORDS,
+    "dkim": ("none", "pass", "fail", "neutral", "policy", "temperror", "permerror"),
+    "arc": ("none", "pass", "fail"),
+    "dmarc": ("none", "pass", "fail", "temperror", "permerror"),
+}
+"""The ``(method, result)`` series of ``results_total`` there from the start: the RFC 8601
+s. 2.7 words the built-in checks report (a check of one's own shows up with its first result)."""
+PER_PROCESS = "process_"       # families of this prefix are per process, never summed
+WORKER_TIMEOUT = 2.0           # seconds a scrape waits for a worker's answer
+_REQUEST = 8                   # bytes: the number of the scrape, echoed in the answer
+_MAX_ANSWER = 1 << 20          # an answer is one SEQPACKET message, bounded by the send buffer
 
 
 @dataclass
@@ -100,6 +145,25 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def close_in_child(self) -> None:
+        """In a child forked from the serving process: close the listening socket, which the
+        child must not keep (the serving thread is the parent's: nothing to stop)."""
+        self._server.socket.close()
+
+
+def serve_http(listen: str, registry: Collector) -> MetricsServer:
+    """Serve ``/metrics`` of ``registry`` on ``listen`` (``"127.0.0.1:9469"``, ``"[::1]:9469"``;
+    port 0 picks a free one) from a daemon thread, so the event loop is never blocked.
+
+    Raises ``ValueError`` for a bad address and ``OSError`` naming it when it cannot bind.
+    """
+    host, port = parse_listen_address(listen)
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise OSError(exc.errno, f"metrics endpoint {listen}: {exc.strerror or exc}") from None
+    return MetricsServer(host, server.server_address[1], server, thread)
 
 
 def _result_keys(verdict: "Verdict") -> list[tuple[str, str]]:
@@ -131,6 +195,14 @@ class _Histogram:
         family.add_metric(labels, buckets, total)
 
 
+def _counter(name: str, documentation: str, label: str, counts: Mapping[str, int]
+             ) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in dict(counts).items():
+        family.add_metric([value], count)
+    return family
+
+
 class _HotPathCollector(Collector):
     """The per-session and per-message series as plain ints and floats, exported at scrape time.
 
@@ -143,8 +215,10 @@ class _HotPathCollector(Collector):
     def __init__(self) -> None:
         self.sessions_open = 0
         self.sessions_total = 0
-        self.messages: dict[str, int] = {}
-        self.results: dict[tuple[str, str], int] = {}
+        self.messages = dict.fromkeys(ACTIONS, 0)
+        self.results = {(method, word): 0 for method, words in RESULT_WORDS.items()
+                        for word in words}
+        self.upstream_errors = dict.fromkeys(UPSTREAM_ERRORS, 0)
         self.checks = {name: _Histogram(LATENCY_BUCKETS)
                        for name in [*(check.name for check in REGISTRY), TOTAL]}
         self.end_of_data = _Histogram(LATENCY_BUCKETS)
@@ -154,16 +228,15 @@ class _HotPathCollector(Collector):
                                 value=self.sessions_open)
         yield CounterMetricFamily("authfilter_sessions", "SMTP sessions accepted",
                                   value=self.sessions_total)
-        messages = CounterMetricFamily("authfilter_messages", "messages finished, by policy action",
-                                       labels=["action"])
-        for action, count in dict(self.messages).items():
-            messages.add_metric([action], count)
-        yield messages
+        yield _counter("authfilter_messages", "messages finished, by policy action", "action",
+                       self.messages)
         results = CounterMetricFamily("authfilter_results", "authentication results, by method "
                                       "and RFC 8601 result word", labels=["method", "result"])
         for (method, result), count in dict(self.results).items():
             results.add_metric([method, result], count)
         yield results
+        yield _counter("authfilter_upstream_errors", "messages let through that the next MTA "
+                       "did not take, by kind", "kind", self.upstream_errors)
         checks = HistogramMetricFamily("authfilter_check_duration_seconds", "time spent in each "
                                        "check (total = the whole engine run)", labels=["check"])
         for name, histogram in dict(self.checks).items():     # message_done may add one
@@ -195,24 +268,40 @@ class _ResolverCollector(Collector):
                                   value=stats.failures)
 
 
+class _RestartsCollector(Collector):
+    """``worker_restarts_total{worker}`` from a count per worker slot (the supervisor's list,
+    read at scrape time)."""
+
+    def __init__(self, restarts: Sequence[int]) -> None:
+        self._restarts = restarts
+
+    def collect(self) -> Iterator[Metric]:
+        yield _counter("authfilter_worker_restarts", "worker processes restarted by the "
+                       "supervisor, by worker slot", "worker",
+                       {str(slot): count for slot, count in enumerate(list(self._restarts))})
+
+
 class Metrics:
     """The filter's metrics in a registry of their own (see the module docstring).
+
+    ``standalone``: this process is the whole service (one-process ``serve``, ``check``, the
+    Python API), so it also has the ``worker_restarts_total{worker="0"}`` series, at 0; a worker
+    under a supervisor leaves that series to the supervisor.
 
     Call the reporting methods from the event loop's thread only (see _HotPathCollector).
     """
 
     def __init__(self, resolver: "Resolver | None" = None,
-                 report_backlog: Callable[[], float] | None = None) -> None:
+                 report_backlog: Callable[[], float] | None = None, *,
+                 standalone: bool = True) -> None:
         self.registry = CollectorRegistry()
         self._hot = _HotPathCollector()
         self.registry.register(self._hot)
-        # Rare events: prometheus-client's own (locked) metrics are cheap enough here.
-        self._upstream_errors = Counter("authfilter_upstream_errors", "failures talking to the "
-                                        "next MTA, by kind", ["kind"], registry=self.registry)
-        self._worker_restarts = Counter("authfilter_worker_restarts",
-                                        "worker processes restarted", registry=self.registry)
         self._backlog = Gauge("authfilter_report_backlog",
                               "DMARC report rows stored and not yet sent", registry=self.registry)
+        ProcessCollector(registry=self.registry)
+        if standalone:
+            self.registry.register(_RestartsCollector((0,)))
         self._resolver_collector: _ResolverCollector | None = None
         if resolver is not None:
             self.watch_resolver(resolver)
@@ -272,22 +361,196 @@ class Metrics:
                 hot.end_of_data.observe(seconds)
 
     def upstream_error(self, kind: str) -> None:
-        """``kind``: a short fixed word such as ``connect``, ``timeout``, ``protocol``."""
-        self._upstream_errors.labels(kind).inc()
-
-    def worker_restarted(self) -> None:
-        self._worker_restarts.inc()
+        """``kind``: one of :data:`UPSTREAM_ERRORS`."""
+        errors = self._hot.upstream_errors
+        errors[kind] = errors.get(kind, 0) + 1
 
     # -- serving ---------------------------------------------------------------------------
     def start_http(self, listen: str) -> MetricsServer:
-        """Serve ``/metrics`` on ``listen`` (``"127.0.0.1:9469"``, ``"[::1]:9469"``; port 0
-        picks a free one) from a daemon thread, so the event loop is never blocked.
+        """Serve this process's ``/metrics`` on ``listen`` (see :func:`serve_http`)."""
+        return serve_http(listen, self.registry)
 
-        Raises ``ValueError`` for a bad address and ``OSError`` naming it when it cannot bind.
-        """
-        host, port = parse_listen_address(listen)
-        try:
-            server, thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise OSError(exc.errno, f"metrics endpoint {listen}: {exc.strerror or exc}") from None
-        return MetricsServer(host, server.server_address[1], server, thread)
+    def answer(self, link: socket.socket) -> Thread:
+        """Answer the supervisor's scrapes on ``link`` (the worker's end of a
+        :meth:`WorkersEndpoint.link`) from a daemon thread, as :meth:`start_http` would serve
+        them; the thread ends when the supervisor closes its end."""
+        thread = Thread(target=self._answer, args=(link,), name="metrics", daemon=True)
+        thread.start()
+        return thread
+
+    def _answer(self, link: socket.socket) -> None:
+        with link:
+            try:
+                while request := link.recv(_REQUEST):
+                    link.send(request + json.dumps(_samples(self.registry)).encode())
+            except OSError as exc:          # an answer too big for the socket's buffer
+                log.error("cannot answer the supervisor's metrics request: %s", exc)
+
+
+# -- the supervisor's side ---------------------------------------------------------------------
+_Sums = dict[str, tuple[str, str, str, dict[tuple, float]]]
+"""Families added up: name -> (help, type, unit, {(sample name, labels): value})."""
+
+
+def _samples(collector: Collector) -> list:
+    """Every family of ``collector`` in a form for JSON: ``[name, help, type, unit, [[sample
+    name, [[label, value], ...], value], ...]]``."""
+    return [[m.name, m.documentation, m.type, m.unit,
+             [[s.name, list(s.labels.items()), s.value] for s in m.samples]]
+            for m in collector.collect()]
+
+
+def _add(sums: _Sums, families: Iterable[list], worker: str | None = None) -> None:
+    """Add families (the :func:`_samples` form) into ``sums``; ``worker`` labels the
+    per-process ones (:data:`PER_PROCESS`), so that they are kept apart, not summed."""
+    for name, documentation, typ, unit, samples in families:
+        values = sums.setdefault(name, (documentation, typ, unit, {}))[3]
+        own = (("worker", worker),) if worker is not None and name.startswith(PER_PROCESS) else ()
+        for sample, labels, value in samples:
+            key = (sample, tuple(map(tuple, labels)) + own)
+            values[key] = values.get(key, 0) + value
+
+
+def _families(sums: _Sums) -> list:
+    """``sums`` in the :func:`_samples` form again."""
+    return [[name, documentation, typ, unit,
+             [[sample, labels, value] for (sample, labels), value in values.items()]]
+            for name, (documentation, typ, unit, values) in sums.items()]
+
+
+def _outlives_its_process(family: list) -> bool:
+    """Counters and histograms, which must not go down when a worker exits (see the module
+    docstring); not per-process ones, whose series ends with the process."""
+    name, _, typ = family[:3]
+    return typ in ("counter", "histogram") and not name.startswith(PER_PROCESS)
+
+
+@dataclass
+class _Worker:
+    slot: int
+    link: socket.socket            # the supervisor's end, non-blocking
+    samples: list = field(default_factory=list)       # its last answer
+
+
+class _WorkersCollector(Collector):
+    """The workers' samples added up, asked for at each scrape (see the module docstring).
+
+    The supervisor's main thread only appends to :attr:`events`; everything else happens under
+    :attr:`lock` in the scrape thread, so that a worker's values are counted once per scrape:
+    either as its own or, once it has exited, among the retired.
+    """
+
+    def __init__(self, restarts: Sequence[int]) -> None:
+        self.events: deque[tuple[int, socket.socket | None]] = deque()   # (slot, link or None)
+        self.lock = Lock()
+        self._workers: dict[int, _Worker] = {}
+        self._retired: _Sums = {}
+        self._own = CollectorRegistry()
+        ProcessCollector(registry=self._own)
+        self._own.register(_RestartsCollector(restarts))
+        self._scrapes = 0
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            self._take_events()
+            self._ask(list(self._workers.values()))
+            sums: _Sums = {}
+            _add(sums, _samples(self._own))
+            _add(sums, _families(self._retired))
+            for worker in self._workers.values():
+                _add(sums, worker.samples, str(worker.slot))
+        for name, (documentation, typ, unit, values) in sums.items():
+            metric = Metric(name, documentation, typ, unit)
+            for (sample, labels), value in values.items():
+                metric.add_sample(sample, dict(labels), value)
+            yield metric
+
+    def _take_events(self) -> None:
+        while self.events:
+            slot, link = self.events.popleft()
+            gone = self._workers.pop(slot, None)
+            if gone is not None:                      # exited: its counters stay
+                _add(self._retired, filter(_outlives_its_process, gone.samples))
+                gone.link.close()
+            if link is not None:
+                self._workers[slot] = _Worker(slot, link)
+
+    def _ask(self, workers: list[_Worker]) -> None:
+        """Every worker's answer to one request, in parallel; one that does not answer within
+        :data:`WORKER_TIMEOUT` keeps its last answer."""
+        self._scrapes += 1
+        request = self._scrapes.to_bytes(_REQUEST, "big")
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        with selectors.DefaultSelector() as waiting:
+            for worker in workers:
+                try:
+                    worker.link.send(request)
+                except OSError:                       # exited (or stuck): not asked
+                    continue
+                waiting.register(worker.link, selectors.EVENT_READ, worker)
+            while waiting.get_map() and (left := deadline - time.monotonic()) > 0:
+                for key, _ in waiting.select(left):
+                    worker = key.data
+                    try:
+                        answer = worker.link.recv(_MAX_ANSWER)
+                    except OSError:
+                        answer = b""
+                    if answer[:_REQUEST] == request:
+                        worker.samples = json.loads(answer[_REQUEST:])
+                    elif answer:                      # late, to an earlier request: wait on
+                        continue
+                    waiting.unregister(worker.link)   # answered, or exited (end of file)
+            for key in waiting.get_map().values():
+                log.warning("worker %d did not answer the metrics request within %g s; its "
+                            "last values stand in", key.data.slot, WORKER_TIMEOUT)
+
+    def close(self) -> None:
+        """Close every link (in a forked worker: the supervisor's ends it inherited)."""
+        for worker in self._workers.values():
+            worker.link.close()
+        for _, link in self.events:
+            if link is not None:
+                link.close()
+
+
+class WorkersEndpoint:
+    """The supervisor's ``metrics.listen``: the sum over its workers (see the module docstring).
+
+    For each worker it forks, the supervisor calls :meth:`link` before the fork, then
+    :meth:`in_worker` in the child (its result goes to :meth:`Metrics.answer`) and
+    :meth:`started` in itself; :meth:`exited` once it has reaped the worker.
+    """
+
+    def __init__(self, listen: str, restarts: Sequence[int]) -> None:
+        self._workers = _WorkersCollector(restarts)
+        registry = CollectorRegistry()        # not auto-describing: collects only when scraped
+        registry.register(self._workers)
+        self.server = serve_http(listen, registry)
+
+    @staticmethod
+    def link() -> tuple[socket.socket, socket.socket]:
+        """A private socket pair, (the supervisor's end, the worker's end): one message per
+        request and per answer."""
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def in_worker(self, link: tuple[socket.socket, socket.socket]) -> socket.socket:
+        """In the forked worker: close what is the supervisor's (its listening socket, its
+        ends of every link) and return the worker's end.  No lock is taken: the supervisor's
+        scrape thread may have held it at the fork, and that thread does not exist here."""
+        self.server.close_in_child()
+        self._workers.close()
+        link[0].close()
+        return link[1]
+
+    def started(self, slot: int, link: tuple[socket.socket, socket.socket]) -> None:
+        link[1].close()
+        link[0].setblocking(False)
+        self._workers.events.append((slot, link[0]))
+
+    def exited(self, slot: int) -> None:
+        self._workers.events.append((slot, None))
+
+    def stop(self) -> None:
+        self.server.stop()
+        with self._workers.lock:
+            self._workers.close()

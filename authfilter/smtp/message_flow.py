@@ -114,4 +114,6 @@ async def _relay(conn: UpstreamConnection, parts: list, metrics: Metrics
     if reply.code == 421:                  # the upstream is going away: the client retries
         metrics.upstream_error("closing")
         return Outcome(protocol.UPSTREAM_UNAVAILABLE, BROKEN), reply
+    if not reply.positive:                 # it refused DATA or the message: the client is told
+        metrics.upstream_error("refused")
     return Outcome(reply.to_bytes(), DONE if finished else RESET), reply

@@ -46,11 +46,13 @@ class Relay:
             upstream, reply = await self._pool.begin(xforward, line)
         except UpstreamError as exc:
             log.warning("upstream unavailable at MAIL from %s: %s", message.facts.client_ip, exc)
+            self._metrics.upstream_error("unavailable")
             message.abandon()
             return p.UPSTREAM_UNAVAILABLE
         if not reply.positive or reply.code == 421:
             message.abandon()
             if reply.code == 421:
+                self._metrics.upstream_error("closing")
                 upstream.close()
                 return p.UPSTREAM_UNAVAILABLE
             self._pool.release(upstream)
@@ -66,9 +68,11 @@ class Relay:
             reply = await self.upstream.command(line)
         except UpstreamError as exc:
             log.warning("upstream failed at RCPT: %s", exc)
+            self._metrics.upstream_error("unavailable")
             self.broken = True
             return p.UPSTREAM_UNAVAILABLE
         if reply.code == 421:
+            self._metrics.upstream_error("closing")
             self.upstream.close()
             self.broken = True
             return p.UPSTREAM_UNAVAILABLE

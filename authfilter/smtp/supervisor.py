@@ -3,8 +3,9 @@
 With ``proxy.workers`` = 1 the proxy runs in this process.  Otherwise this process is a small
 supervisor: it checks that every listening address can be bound, forks the workers (each binds
 the ports itself with SO_REUSEPORT, so the kernel spreads connections across them), restarts a
-worker that dies, forwards SIGHUP (after checking that the new config loads) and turns SIGTERM
-or SIGINT into a drain of every worker.
+worker that dies, forwards SIGHUP (after checking that the new config loads), turns SIGTERM
+or SIGINT into a drain of every worker and serves ``metrics.listen`` for all of them
+(:class:`~authfilter.metrics.WorkersEndpoint`: one address, the sum over the workers).
 
 Inside a worker: SIGTERM/SIGINT drain (no new connections, transactions in progress finish
 within ``proxy.drain_timeout``, idle sessions get 421), SIGHUP reloads config and policy for
@@ -27,7 +28,7 @@ from typing import Any, Callable
 
 from ..config import Config, ConfigError
 from ..memory import keep_freed_buffers
-from ..metrics import Metrics, worker_listen
+from ..metrics import Metrics, WorkersEndpoint
 from ..policy import PolicyError
 from ..systemd import notify
 from ..observers import BackgroundObserver, Observer
@@ -83,24 +84,24 @@ def make_executor(config: Config) -> Executor | None:
 
 # -- one worker ----------------------------------------------------------------------------
 async def run_worker(config_path: str | None, config: Config, *, workers: int,
-                     observer_factory: ObserverFactory, slot: int = 0, restarts: int = 0,
+                     observer_factory: ObserverFactory, metrics_link: socket.socket | None = None,
                      listening: Callable[[], None] = lambda: None) -> int:
-    """One worker: ``slot`` numbers it among its siblings (for its metrics port), ``restarts``
-    says how often the supervisor has restarted this slot; ``listening`` is called once every
-    listener is bound."""
+    """One worker: ``metrics_link`` is its end of the supervisor's metrics link (None: it
+    serves ``metrics.listen`` itself, being the only process); ``listening`` is called once
+    every listener is bound."""
     loop = asyncio.get_running_loop()
     executor = make_executor(config)
-    metrics = Metrics()
-    for _ in range(restarts):
-        metrics.worker_restarted()
+    metrics = Metrics(standalone=metrics_link is None)
     observers = observer_factory(config)
     server = ProxyServer(config, executor=executor, workers=workers, reuse_port=workers > 1,
                          observers=observers, metrics=metrics)
     endpoint = None
     try:
         await server.start()
-        if config.metrics.listen:
-            endpoint = metrics.start_http(worker_listen(config.metrics.listen, slot))
+        if metrics_link is not None:
+            metrics.answer(metrics_link)
+        elif config.metrics.listen:
+            endpoint = metrics.start_http(config.metrics.listen)
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         await server.drain(0)
@@ -213,9 +214,16 @@ class Supervisor:
         self.gave_up = False
         self.listening = 0                          # workers that said so, restarts included
         self._listening_read, self._listening_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.metrics: WorkersEndpoint | None = None
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        if self.config.metrics.listen:        # its thread starts with the signals blocked
+            try:
+                self.metrics = WorkersEndpoint(self.config.metrics.listen, self.slot_restarts)
+            except OSError as exc:
+                log.error("cannot listen: %s", exc)
+                return 1
         for slot in range(self.workers):
             self._spawn(slot)
         log.info("supervisor %d started %d workers", os.getpid(), self.workers)
@@ -238,6 +246,8 @@ class Supervisor:
                 log.error("workers did not stop in time; killing them")
                 self._signal_all(signal.SIGKILL)
                 deadline = None
+        if self.metrics is not None:
+            self.metrics.stop()
         return 1 if self.gave_up else 0
 
     def _worker_listening(self) -> None:
@@ -258,6 +268,7 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         supervisor = os.getpid()
+        link = self.metrics.link() if self.metrics is not None else None
         pid = os.fork()
         if pid == 0:                                  # the worker
             code = 1
@@ -265,9 +276,10 @@ class Supervisor:
                 os.setpgid(0, 0)          # its own group: its helpers go with it (_end_group)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 os.environ.pop("NOTIFY_SOCKET", None)     # the supervisor speaks for the service
+                metrics_link = self.metrics.in_worker(link) if link is not None else None
                 code = self.runner(run_worker(self.config_path, self.config, workers=self.workers,
-                                              observer_factory=self.observer_factory, slot=slot,
-                                              restarts=self.slot_restarts[slot],
+                                              observer_factory=self.observer_factory,
+                                              metrics_link=metrics_link,
                                               listening=lambda: self._say_listening(supervisor)))
             except BaseException:
                 log.exception("worker crashed")
@@ -275,6 +287,8 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         self.children[pid] = slot
+        if link is not None:
+            self.metrics.started(slot, link)
 
     def _signal_all(self, signo: int) -> None:
         for pid in self.children:
@@ -306,6 +320,8 @@ class Supervisor:
             if slot is None:
                 continue
             _end_group(pid)
+            if self.metrics is not None:
+                self.metrics.exited(slot)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 continue

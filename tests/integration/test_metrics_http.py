@@ -4,13 +4,15 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import threading
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from authfilter.metrics import Metrics
+from authfilter import metrics as metrics_module
+from authfilter.metrics import Metrics, WorkersEndpoint
 from authfilter.results import ArcResult, DkimResult, DmarcResult, SpfResult, Verdict
+from tests.scrape import scrape
 
 
 def verdict(dmarc: str = "pass", dkim: tuple[str, ...] = ("pass",), helo: str | None = None) -> Verdict:
@@ -21,18 +23,6 @@ def verdict(dmarc: str = "pass", dkim: tuple[str, ...] = ("pass",), helo: str | 
         dmarc=DmarcResult(dmarc, "example.com", policy_domain="example.com", policy="reject"),
         helo_spf=SpfResult(helo, "helo", "mail.example.com") if helo else None,
     )
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    """Every sample as {(name, sorted labels): value}, parsed from the text format."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
 
 
 @pytest.fixture
@@ -57,8 +47,7 @@ def test_counters_and_histograms_move(served):
                          {"total": 0.3, "end_of_data": 0.31})
     metrics.message_done(verdict("none", dkim=()), "accept", {"total": 0.001})
     metrics.session_closed()
-    metrics.upstream_error("timeout")
-    metrics.worker_restarted()
+    metrics.upstream_error("after_data")
 
     s = scrape(server.url)
     assert s[("authfilter_sessions_total", ())] == 2
@@ -84,8 +73,10 @@ def test_counters_and_histograms_move(served):
     assert s[("authfilter_check_duration_seconds_count", (("check", "dmarc"),))] == 1
     assert s[("authfilter_end_of_data_duration_seconds_count", ())] == 2
     assert s[("authfilter_end_of_data_duration_seconds_sum", ())] == pytest.approx(0.322)
-    assert s[("authfilter_upstream_errors_total", (("kind", "timeout"),))] == 1
-    assert s[("authfilter_worker_restarts_total", ())] == 1
+    assert s[("authfilter_upstream_errors_total", (("kind", "after_data"),))] == 1
+    assert s[("authfilter_upstream_errors_total", (("kind", "refused"),))] == 0
+    assert s[("authfilter_worker_restarts_total", (("worker", "0"),))] == 0
+    assert s[("process_open_fds", ())] > 0
     assert not any("not_a_check" in str(key) for key in s)
 
 
@@ -157,3 +148,98 @@ def test_ipv6_loopback():
         assert ("authfilter_sessions_open", ()) in scrape(server.url)
     finally:
         server.stop()
+
+
+# -- one endpoint for several workers (the supervisor's) -------------------------------------
+class _Workers:
+    """A WorkersEndpoint with workers in this process: each answers from its own thread on its
+    own copy of the link's worker end, as a forked worker does."""
+
+    def __init__(self, slots: int) -> None:
+        self.restarts = [0] * slots
+        self.endpoint = WorkersEndpoint("127.0.0.1:0", self.restarts)
+        self.url = self.endpoint.server.url
+        self.metrics: list[Metrics | None] = [None] * slots
+        self.threads: list[threading.Thread | None] = [None] * slots    # each one's answering
+        for slot in range(slots):
+            self.start(slot)
+
+    def start(self, slot: int) -> None:
+        self.metrics[slot] = Metrics(standalone=False)
+        link = self.endpoint.link()
+        self.threads[slot] = self.metrics[slot].answer(link[1].dup())   # what a fork copies
+        self.endpoint.started(slot, link)                                # closes the original
+
+    def restart(self, slot: int) -> threading.Thread:
+        """The worker in ``slot`` exited and the supervisor started another; the exited one's
+        answering thread comes back."""
+        self.endpoint.exited(slot)
+        self.restarts[slot] += 1
+        old = self.threads[slot]
+        self.start(slot)
+        return old
+
+
+@pytest.fixture
+def workers():
+    w = _Workers(2)
+    yield w
+    w.endpoint.stop()
+
+
+def test_one_endpoint_sums_the_workers_and_keeps_their_processes_apart(workers):
+    first, second = workers.metrics
+    first.message_done(verdict(), "accept", {"total": 0.001})
+    second.message_done(verdict(), "accept", {"total": 0.2})
+    second.message_done(verdict("fail"), "reject", {"total": 0.3})
+    first.session_opened()
+    second.session_opened()
+    second.upstream_error("refused")
+
+    s = scrape(workers.url)
+    assert s[("authfilter_messages_total", (("action", "accept"),))] == 2
+    assert s[("authfilter_messages_total", (("action", "reject"),))] == 1
+    assert s[("authfilter_messages_total", (("action", "quarantine"),))] == 0
+    assert s[("authfilter_sessions_open", ())] == 2
+    assert s[("authfilter_upstream_errors_total", (("kind", "refused"),))] == 1
+    assert s[("authfilter_check_duration_seconds_count", (("check", "total"),))] == 3
+    assert s[("authfilter_check_duration_seconds_bucket", (("check", "total"), ("le", "0.25")))] == 2
+    assert s[("authfilter_results_total", (("method", "dmarc"), ("result", "fail")))] == 1
+    for slot in ("0", "1"):
+        assert s[("authfilter_worker_restarts_total", (("worker", slot),))] == 0
+        assert s[("process_resident_memory_bytes", (("worker", slot),))] > 0
+    assert s[("process_resident_memory_bytes", ())] > 0          # the supervisor's own
+
+
+def test_an_exited_worker_keeps_its_counts_but_not_its_gauges(workers):
+    workers.metrics[1].message_done(verdict(), "accept", {"total": 0.001})
+    workers.metrics[1].session_opened()
+    assert scrape(workers.url)[("authfilter_sessions_open", ())] == 1
+
+    old = workers.restart(1)
+    workers.metrics[1].message_done(verdict(), "accept", {"total": 0.001})
+    s = scrape(workers.url)
+    assert s[("authfilter_messages_total", (("action", "accept"),))] == 2     # never goes down
+    assert s[("authfilter_check_duration_seconds_count", (("check", "total"),))] == 2
+    assert s[("authfilter_sessions_open", ())] == 0
+    assert s[("authfilter_worker_restarts_total", (("worker", "1"),))] == 1
+    old.join(5)
+    assert not old.is_alive()                 # its link was closed: its answering thread ended
+
+
+def test_a_worker_that_does_not_answer_in_time_shows_its_last_values(workers, monkeypatch):
+    monkeypatch.setattr(metrics_module, "WORKER_TIMEOUT", 0.3)
+    slow, release = workers.metrics[1], threading.Event()
+    slow.message_done(verdict(), "accept", {})
+    assert scrape(workers.url)[("authfilter_messages_total", (("action", "accept"),))] == 1
+
+    class Stuck:
+        def collect(self):
+            release.wait(10)
+            return []
+    slow.registry.register(Stuck())
+    slow.message_done(verdict(), "accept", {})
+    assert scrape(workers.url)[("authfilter_messages_total", (("action", "accept"),))] == 1
+    release.set()                             # its late answer is not taken for the next one's
+    workers.metrics[0].message_done(verdict(), "accept", {})
+    assert scrape(workers.url)[("authfilter_messages_total", (("action", "accept"),))] == 3

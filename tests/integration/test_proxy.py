@@ -157,6 +157,9 @@ def test_upstream_refusing_the_message_is_the_clients_answer(zone, sink, start_p
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(proxy, signed(message()))
     assert (refused.value.smtp_code, refused.value.smtp_error) == (452, b"4.3.1 Insufficient system storage")
+    count = proxy.server.metrics.registry.get_sample_value
+    assert count("authfilter_upstream_errors_total", {"kind": "refused"}) == 1
+    assert count("authfilter_messages_total", {"action": "accept"}) == 1     # the policy's word
 
 
 def test_upstream_timeout_after_data_is_4xx(zone, sink, start_proxy):
