@@ -199,6 +199,47 @@ class ListenerConfig:
                                     "Authentication-Results to mail we relay; needs [signing.arc]")
 
 
+def check_milter_address(value: str) -> None:
+    if value.startswith("unix:"):
+        if not value[5:].startswith("/"):
+            raise ValueError(f"{value!r}: a unix socket needs an absolute path "
+                             f"(unix:/run/authfilter/milter.sock)")
+        return
+    check_hostport(value)
+
+
+@dataclass
+class MilterListenerConfig:
+    address: str = setting("127.0.0.1:10030", "unix:/ABSOLUTE/PATH (the usual choice with Postfix: "
+                                              "unix:/run/authfilter/milter.sock) or HOST:PORT",
+                           check=check_milter_address)
+    role: Literal["inbound", "submission", "local"] = setting(
+        "inbound", "inbound (smtpd_milters): verify, apply the policy, add Authentication-Results; "
+                   "submission (the submission service's smtpd_milters): DKIM-sign; local "
+                   "(non_smtpd_milters): DKIM-sign, never refuse")
+    arc_seal: bool = setting(False, "inbound: add an ARC set (RFC 8617); needs [signing.arc]")
+    socket_mode: int = setting(0o660, "permissions of a unix socket (TOML 0o660): the postfix user "
+                                      "must be able to connect, e.g. through socket_group",
+                               minimum=0, maximum=0o777)
+    socket_group: str = setting("", "group of a unix socket (e.g. postfix); empty = the service's")
+
+
+@dataclass
+class MilterConfig:
+    listeners: list[MilterListenerConfig] = setting(
+        [MilterListenerConfig()], "where to listen for Postfix's (or Sendmail's) milter "
+                                  "connections, one [[milter.listeners]] table each; [] = none")
+    max_sessions: int = setting(200, "concurrent milter connections, all workers together (each "
+                                     "takes an equal share); more are closed at once (Postfix "
+                                     "then applies its milter default_action)",
+                                minimum=1, maximum=100_000)
+    max_message_size: int = setting(10_240_000, "bytes of header and body; keep >= Postfix's "
+                                                "message_size_limit", minimum=1024, maximum=1 << 30)
+    oversize: Literal["tempfail", "accept"] = setting(
+        "tempfail", "a message over max_message_size: 451 (accepting it unchecked would let "
+                    "padding carry a spoof past p=reject), or accept it unchecked")
+
+
 @dataclass
 class ProxyConfig:
     listeners: list[ListenerConfig] = setting(
@@ -486,6 +527,8 @@ class Config:
     logging: LoggingConfig = section(LoggingConfig, "logging")
     metrics: MetricsConfig = section(MetricsConfig, "the Prometheus endpoint")
     proxy: ProxyConfig = section(ProxyConfig, "the SMTP proxy: listeners, upstream, limits")
+    milter: MilterConfig = section(MilterConfig, "the milter front-end (Postfix smtpd_milters, "
+                                                 "non_smtpd_milters; Sendmail)")
     policy: PolicyConfig = section(PolicyConfig, "what to do with the verdict, and local exceptions")
     reports: ReportsConfig = section(ReportsConfig, "DMARC aggregate reports (RFC 9990)")
     signing: SigningConfig = section(SigningConfig, "DKIM signing (RFC 6376, 8463) and ARC sealing (RFC 8617)")

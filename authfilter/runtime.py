@@ -24,14 +24,19 @@ def _always() -> bool:
     return True
 
 
+def listeners(config: Config) -> list:
+    """Every front-end's listeners (proxy and milter): each has a ``role`` and ``arc_seal``."""
+    return [*config.proxy.listeners, *config.milter.listeners]
+
+
 def signs(config: Config) -> bool:
     """Whether this config signs anything: a listener that signs, or a signing table."""
-    return bool(config.signing.keys) or any(lc.role != "inbound" for lc in config.proxy.listeners)
+    return bool(config.signing.keys) or any(lc.role != "inbound" for lc in listeners(config))
 
 
 def seals(config: Config) -> bool:
     """Whether this config seals: a listener that seals, or a sealing domain."""
-    return bool(config.signing.arc.domain) or any(lc.arc_seal for lc in config.proxy.listeners)
+    return bool(config.signing.arc.domain) or any(lc.arc_seal for lc in listeners(config))
 
 
 @dataclass

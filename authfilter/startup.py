@@ -17,6 +17,7 @@ from .config import Config, ConfigError
 def load_checked(path: str | None) -> Config:
     """The config, or :class:`ConfigError` listing every problem with what names it."""
     from .policy import Policy, PolicyError
+    from .runtime import seals, signs
     from .signing import ArcSealer, Signer, SigningConfigError
 
     config = config_mod.load(path)
@@ -25,18 +26,17 @@ def load_checked(path: str | None) -> Config:
         Policy.from_config(config)
     except PolicyError as exc:
         problems += exc.problems
-    listeners = config.proxy.listeners
-    if config.signing.keys or any(lc.role == "submission" for lc in listeners):
+    if signs(config):
         try:
             Signer.from_config(config)
         except SigningConfigError as exc:
             problems.append(f"signing: {exc}")
-    if config.signing.arc.domain or any(lc.arc_seal for lc in listeners):
+    if seals(config):
         try:
             ArcSealer.from_config(config)
         except SigningConfigError as exc:
             problems.append(f"signing.arc: {exc}")
-    for i, lc in enumerate(listeners):
+    for i, lc in enumerate(config.proxy.listeners):
         if lc.tls_cert:
             try:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(

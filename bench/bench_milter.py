@@ -88,7 +88,7 @@ def serve(config_path: str, address: str, null: bool) -> None:
     """As ``authfilter serve`` sets up one worker: config, logging, allocator, event loop."""
     from authfilter.logsetup import configure
     from authfilter.memory import keep_freed_buffers
-    from authfilter.smtp.supervisor import loop_runner
+    from authfilter.service import loop_runner
     from authfilter.startup import load_checked
     config = load_checked(config_path)
     configure(config)
@@ -100,7 +100,7 @@ async def _serve(config, address: str, null: bool) -> None:
     from authfilter.milter.listener import MilterListener, MilterServer
     from authfilter.pipeline import Pipeline
     from authfilter.runtime import Runtime
-    from authfilter.smtp.supervisor import make_executor
+    from authfilter.service import make_executor
     executor = make_executor(config)
     server: MilterServer | None = None
     runtime = Runtime.build(config, executor=executor, loop_shared=lambda: server.loop_shared())

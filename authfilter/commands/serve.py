@@ -1,4 +1,4 @@
-"""``authfilter serve``: run the pre-queue SMTP proxy (see authfilter/smtp/supervisor.py)."""
+"""``authfilter serve``: the SMTP proxy and the milter (see authfilter/service.py)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from ..logsetup import configure
     from ..memory import keep_freed_buffers
     from ..reports.hooks import observers_from_config
-    from ..smtp.supervisor import load_config, serve
+    from ..service import load_config, serve
 
     config = load_config_or_exit(args.config, load_config)
     configure(config)

@@ -13,5 +13,7 @@
 * :mod:`.message_flow`   end of DATA: the pipeline's disposition applied to the bytes, relayed.
 * :mod:`.generation`     the proxy's side of one config generation (pools, TLS, trusted peers).
 * :mod:`.server`         listeners, limits, reload and drain inside one worker process.
-* :mod:`.supervisor`     several worker processes on the same ports; signals.
+* :mod:`.client_limits`  sessions per client address and network.
+
+The worker processes, signals and reload of both front-ends: :mod:`authfilter.service`.
 """

@@ -1,6 +1,8 @@
-"""``authfilter serve``: one worker per core on the same ports, signals, reload and drain.
+"""``authfilter serve``: the front-ends (SMTP proxy, milter) in one worker per core on the same
+ports, signals, reload and drain.
 
-With ``proxy.workers`` = 1 the proxy runs in this process.  Otherwise this process is a small
+Each worker runs the proxy's and the milter's listeners on one pipeline (one config
+generation, one set of metrics).  With ``proxy.workers`` = 1 the worker is this process.  Otherwise this process is a small
 supervisor: it checks that every listening address can be bound, forks the workers (each binds
 the ports itself with SO_REUSEPORT, so the kernel spreads connections across them), restarts a
 worker that dies, forwards SIGHUP (after checking that the new config loads), turns SIGTERM
@@ -24,15 +26,18 @@ import signal
 import socket
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from ..config import Config, ConfigError
-from ..memory import keep_freed_buffers
-from ..metrics import Metrics, WorkersEndpoint
-from ..policy import PolicyError
-from ..systemd import notify
-from ..observers import BackgroundObserver, Observer
-from .server import ProxyServer, parse_address
+from .config import Config, ConfigError
+from .memory import keep_freed_buffers
+from .metrics import Metrics, WorkersEndpoint
+from .milter.listener import MilterListener, MilterServer, bind_milter_socket
+from .milter.session import MilterLimits
+from .observers import BackgroundObserver, Observer
+from .policy import PolicyError
+from .smtp.generation import share
+from .smtp.server import ProxyServer, parse_address
+from .systemd import notify
 
 log = logging.getLogger("authfilter.serve")
 
@@ -50,7 +55,7 @@ class StartupError(Exception):
 
 def load_config(path: str | None) -> Config:
     """The config with everything it names checked (:func:`authfilter.startup.load_checked`)."""
-    from ..startup import load_checked
+    from .startup import load_checked
     return load_checked(path)
 
 
@@ -85,26 +90,34 @@ def make_executor(config: Config) -> Executor | None:
 # -- one worker ----------------------------------------------------------------------------
 async def run_worker(config_path: str | None, config: Config, *, workers: int,
                      observer_factory: ObserverFactory, metrics_link: socket.socket | None = None,
-                     listening: Callable[[], None] = lambda: None) -> int:
-    """One worker: ``metrics_link`` is its end of the supervisor's metrics link (None: it
-    serves ``metrics.listen`` itself, being the only process); ``listening`` is called once
-    every listener is bound."""
+                     listening: Callable[[], None] = lambda: None,
+                     milter_sockets: Sequence[socket.socket | None] | None = None) -> int:
+    """One worker: the proxy's and the milter's listeners on one pipeline.  ``metrics_link``
+    is its end of the supervisor's metrics link (None: it serves ``metrics.listen`` itself,
+    being the only process); ``listening`` is called once every listener is bound;
+    ``milter_sockets``: unix milter sockets the supervisor bound for all workers."""
     loop = asyncio.get_running_loop()
     executor = make_executor(config)
     metrics = Metrics(standalone=metrics_link is None)
     observers = observer_factory(config)
     server = ProxyServer(config, executor=executor, workers=workers, reuse_port=workers > 1,
                          observers=observers, metrics=metrics)
+    # the milter shares the proxy's config generation (so SIGHUP reaches it), metrics, timer
+    milter = MilterServer(milter_listeners(config), lambda: server.generation.pipeline,
+                          metrics=metrics, limits=milter_limits(config),
+                          max_sessions=share(config.milter.max_sessions, workers),
+                          reuse_port=workers > 1, sockets=milter_sockets, watchdog=server.watchdog)
     endpoint = None
     try:
         await server.start()
+        await milter.start()
         if metrics_link is not None:
             metrics.answer(metrics_link)
         elif config.metrics.listen:
             endpoint = metrics.start_http(config.metrics.listen)
     except OSError as exc:
         log.error("cannot listen: %s", exc)
-        await server.drain(0)
+        await asyncio.gather(server.drain(0), milter.drain(0))
         return 1
     for observer in observers:
         if isinstance(observer, BackgroundObserver):
@@ -135,16 +148,19 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    log.info("worker %d listening on %s, relaying to %s", os.getpid(),
+    log.info("worker %d listening on %s, relaying to %s%s", os.getpid(),
              ", ".join(f"{h}:{p} ({lc.role})" for (h, p), lc in
-                       zip(server.addresses(), config.proxy.listeners)), config.proxy.upstream)
+                       zip(server.addresses(), config.proxy.listeners)), config.proxy.upstream,
+             "".join(f"; milter on {a} ({lc.role})" for a, lc in
+                     zip(milter.addresses(), config.milter.listeners)))
     listening()
     if executor is not None:                          # start the pool now, not on the first big message
         loop.run_in_executor(executor, int)
     await stop.wait()
     notify("STOPPING=1")                  # only a worker that is the main process has the socket
     log.info("worker %d draining", os.getpid())
-    await server.drain(server.config.proxy.drain_timeout)
+    drain_timeout = server.config.proxy.drain_timeout
+    await asyncio.gather(server.drain(drain_timeout), milter.drain(drain_timeout))
     for observer in observers:
         if isinstance(observer, BackgroundObserver):
             await observer.close()
@@ -159,7 +175,8 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
 # -- the supervisor ------------------------------------------------------------------------
 def check_addresses(config: Config) -> None:
     """Fail early, with the address, when a port cannot be bound (in use, no permission)."""
-    for listener in config.proxy.listeners:
+    tcp_milters = [lc for lc in config.milter.listeners if not lc.address.startswith("unix:")]
+    for listener in [*config.proxy.listeners, *tcp_milters]:
         host, port = parse_address(listener.address)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -195,6 +212,16 @@ def _end_group(worker: int) -> None:
         pass                                            # nothing left: the usual case
 
 
+def milter_listeners(config: Config) -> list[MilterListener]:
+    return [MilterListener(lc.address, lc.role, lc.arc_seal, lc.socket_mode, lc.socket_group or None)
+            for lc in config.milter.listeners]
+
+
+def milter_limits(config: Config) -> MilterLimits:
+    return MilterLimits(max_message_size=config.milter.max_message_size,
+                        oversize=config.milter.oversize)
+
+
 def _ready() -> None:
     notify("READY=1", f"MAINPID={os.getpid()}")
 
@@ -218,6 +245,33 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:            # one unix socket for all workers (SO_REUSEPORT is for TCP only)
+            self.milter_sockets = [bind_milter_socket(lc) if lc.address.startswith("unix:")
+                                   else None for lc in milter_listeners(self.config)]
+            self.milter_inodes = {lc.address[5:]: os.stat(lc.address[5:]).st_ino
+                                  for lc in self.config.milter.listeners
+                                  if lc.address.startswith("unix:")}
+        except OSError as exc:
+            log.error("cannot listen: %s", exc)
+            return 1
+        try:
+            return self._supervise()
+        finally:
+            self._remove_milter_sockets()
+
+    def _remove_milter_sockets(self) -> None:
+        """The unix socket files this supervisor bound, unless something else replaced them."""
+        for sock in self.milter_sockets:
+            if sock is not None:
+                sock.close()
+        for path, inode in self.milter_inodes.items():
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+    def _supervise(self) -> int:
         if self.config.metrics.listen:        # its thread starts with the signals blocked
             try:
                 self.metrics = WorkersEndpoint(self.config.metrics.listen, self.slot_restarts)
@@ -280,7 +334,8 @@ class Supervisor:
                 code = self.runner(run_worker(self.config_path, self.config, workers=self.workers,
                                               observer_factory=self.observer_factory,
                                               metrics_link=metrics_link,
-                                              listening=lambda: self._say_listening(supervisor)))
+                                              listening=lambda: self._say_listening(supervisor),
+                                              milter_sockets=self.milter_sockets))
             except BaseException:
                 log.exception("worker crashed")
             finally:

@@ -1,0 +1,72 @@
+"""`authfilter serve` runs the milter beside the proxy: `[[milter.listeners]]` on a unix socket
+shared by two workers, the same pipeline, policy and log line.  A Postfix-like MTA side
+(tests/miltermta.py) talks to it; DNS through the loopback server."""
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+from authfilter.milter.codec import SMFIR_ACCEPT, SMFIR_REPLYCODE
+from tests.mailtools import header_fields, message, publish_domain, signed
+from tests.miltermta import MilterClient
+
+MACROS = {b"{daemon_name}": b"mx.test", b"j": b"mx.test", b"v": b"Postfix 3.7.11"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deliver(address: str, raw: bytes, mail_from: bytes, queue_id: bytes):
+    with MilterClient(address, macros=MACROS) as client:
+        client.negotiate()
+        client.connect(b"mail.example.org", b"127.0.0.1")
+        client.helo(b"mail.example.org")
+        outcome = client.message(raw, mail_from, [b"<bob@example.net>"], queue_id)
+        client.quit()
+    return outcome
+
+
+def test_serve_answers_milter_and_proxy_side_by_side(zone, tmp_path):
+    publish_domain(zone, "example.org")
+    sock = tmp_path / "run" / "milter.sock"
+    sock.parent.mkdir()
+    config = tmp_path / "authfilter.toml"
+    config.write_text(f'[general]\nauthserv_id = "mx.test"\n[dns]\nnameservers = ["{zone.address}"]\n'
+                      f'[policy]\ntrusted_networks = []\n'
+                      f'[proxy]\nworkers = 2\nupstream = "127.0.0.1:{free_port()}"\n'
+                      f'[[proxy.listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
+                      f'[[milter.listeners]]\naddress = "unix:{sock}"\nsocket_mode = 0o600\n')
+    proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
+                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no milter socket"
+            time.sleep(0.1)
+        time.sleep(0.5)                                     # both workers up
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        address = f"unix:{sock}"
+        passed = deliver(address, signed(message()), b"<alice@example.org>", b"4QA1")
+        assert passed.final == SMFIR_ACCEPT
+        first = header_fields(passed.delivered)[0]
+        assert first[0] == "Authentication-Results" and first[1].startswith("mx.test;")
+        assert "dmarc=pass" in first[1]
+        spoof = deliver(address, message(), b"<x@elsewhere.example>", b"4QA2")
+        assert spoof.final == SMFIR_REPLYCODE
+        assert spoof.reply.startswith(b"550 5.7.26 ")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    assert "; milter on unix:" in out
+    lines = [line for line in out.splitlines() if "authfilter.message:" in line]
+    assert any("action=accept" in line and "queue_id=4QA1" in line for line in lines), lines
+    assert any("action=reject" in line for line in lines), lines
+    assert not sock.exists()                                 # removed at the end
