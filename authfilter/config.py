@@ -221,7 +221,9 @@ class MilterListenerConfig:
     socket_mode: int = setting(0o660, "permissions of a unix socket (TOML 0o660): the postfix user "
                                       "must be able to connect, e.g. through socket_group",
                                minimum=0, maximum=0o777)
-    socket_group: str = setting("", "group of a unix socket (e.g. postfix); empty = the service's")
+    socket_group: str = setting("", "group of a unix socket; empty = postfix when we may give it "
+                                    "the socket (root), else ours (install-service puts the "
+                                    "postfix user in it)")
 
 
 @dataclass

@@ -108,6 +108,22 @@ class Installer:
             self.say(f"kept existing user {self.user} (uid {ids[0]})")
         return ids
 
+    def let_postfix_connect(self) -> None:
+        """Postfix's smtpd must reach the milter socket (mode 0660, our group): the postfix
+        user joins our group, as it joins opendkim's on Debian."""
+        passwd = self.path("/etc/passwd").read_text().splitlines()
+        if not any(line.split(":")[0] == "postfix" for line in passwd):
+            return
+        members = next((line.split(":")[3].split(",") for line in
+                        self.path("/etc/group").read_text().splitlines()
+                        if line.split(":")[0] == self.user), [])
+        if "postfix" in members:
+            self.say(f"kept user postfix in group {self.user}")
+            return
+        root = [] if self.root == Path("/") else ["--root", str(self.root)]
+        subprocess.run(["usermod", "--append", "--groups", self.user, *root, "postfix"], check=True)
+        self.say(f"added user postfix to group {self.user} (for the milter socket)")
+
     # -- files ------------------------------------------------------------------------------
     def directory(self, absolute: str, mode: int, uid: int, gid: int) -> None:
         path = self.path(absolute)
@@ -135,6 +151,7 @@ class Installer:
 
     def install(self) -> None:
         uid, gid = self.ensure_user()
+        self.let_postfix_connect()
         # root owns the config (the service cannot change its own rules); the group reads it.
         self.directory("/etc/authfilter", 0o750, 0, gid)
         self.directory("/etc/authfilter/keys", 0o700, uid, gid)
@@ -150,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("authfilter install-service: error: run it as root\n")
         return 1
     root = Path(args.root)
-    missing = [tool for tool in ("useradd", "groupadd") if shutil.which(tool) is None]
+    missing = [tool for tool in ("useradd", "groupadd", "usermod") if shutil.which(tool) is None]
     if missing:
         sys.stderr.write(f"authfilter install-service: error: {', '.join(missing)} not found "
                          f"(Debian package passwd)\n")

@@ -69,13 +69,30 @@ def bind_milter_socket(listener: MilterListener, *, reuse_port: bool = False) ->
     return bind_listener(listener.address, reuse_port=reuse_port)
 
 
-def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
-    gid = -1
+POSTFIX_GROUP = "postfix"
+
+
+def socket_gid(group: str | None) -> int:
+    """The group a unix socket gets: ``group`` when given; else Postfix's group when we may
+    give the socket to it (as root, or as one of its members), so that the ``postfix`` user can
+    connect out of the box; else ours (-1: unchanged; ``authfilter install-service`` then adds
+    the postfix user to our group)."""
     if group is not None:
         try:
-            gid = grp.getgrnam(group).gr_gid
+            return grp.getgrnam(group).gr_gid
         except KeyError:
-            raise OSError(errno.EINVAL, f"no group {group!r} for the milter socket {path}") from None
+            raise OSError(errno.EINVAL, f"no group {group!r} for the milter socket") from None
+    try:
+        postfix = grp.getgrnam(POSTFIX_GROUP).gr_gid
+    except KeyError:
+        return -1
+    if os.geteuid() == 0 or postfix in os.getgroups():
+        return postfix
+    return -1
+
+
+def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
+    gid = socket_gid(group)
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -58,6 +58,10 @@ def test_install_service_creates_user_config_keys_and_units_and_keeps_them(scrat
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, owner, int(gid)), path
     checked = authfilter("config", "check", str(etc / "authfilter.toml"))
     assert checked.returncode == 0, checked.stderr
+    if any(line.startswith("postfix:") for line in (scratch_root / "etc/passwd").read_text().splitlines()):
+        [group] = [line for line in (scratch_root / "etc/group").read_text().splitlines()
+                   if line.startswith("authfilter:")]
+        assert "postfix" in group.split(":")[3].split(",")    # reaches the milter socket
     unit = (scratch_root / "etc/systemd/system/authfilter.service").read_text()
     assert f"ExecStart={sys.prefix}/bin/authfilter serve --config /etc/authfilter/authfilter.toml" in unit
     assert "Type=notify" in unit and "SyslogIdentifier=authfilter" in unit
@@ -66,6 +70,7 @@ def test_install_service_creates_user_config_keys_and_units_and_keeps_them(scrat
     again = authfilter("install-service", "--root", str(scratch_root))
     assert again.returncode == 0, again.stderr
     assert "kept existing user authfilter" in again.stdout
+    assert "added user postfix" not in again.stdout
     assert "kept existing /etc/authfilter/authfilter.toml" in again.stdout
     assert (etc / "authfilter.toml").read_text() == '[policy]\nname = "monitor"\n'
 
