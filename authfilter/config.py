@@ -736,6 +736,9 @@ def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str,
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = json.dumps(default, default=to_dict)
         rows.append((key, _type_name(tp), shown, f.metadata.get("doc", "")))
+        element = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        if element is not None and dataclasses.is_dataclass(element):
+            rows.extend(reference(element, key + "[]."))   # the keys of each [[table]]
     return rows
 
 

@@ -95,3 +95,11 @@ def test_show_changed_prints_only_what_differs_and_means_the_same_config(tmp_pat
     assert "dns" not in shown                     # set in the file, but to the default
     assert [lc["address"] for lc in shown["proxy"]["listeners"]] == ["127.0.0.1:2525"]
     assert config.to_dict(config.from_dict(shown)) == config.to_dict(config.load(str(path)))
+
+
+def test_the_reference_documents_the_keys_of_every_array_table():
+    keys = {key for key, *_ in config.reference()}
+    for table, fields in (("proxy.listeners", ("address", "role", "arc_seal")),
+                          ("milter.listeners", ("address", "role", "socket_group")),
+                          ("signing.keys", ("domain", "selector", "key_file", "from_domains"))):
+        assert {f"{table}[].{f}" for f in fields} <= keys, table
