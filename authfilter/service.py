@@ -18,6 +18,7 @@ message does not stall them (see :data:`authfilter.engine.OFFLOAD_BYTES`).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import multiprocessing
@@ -203,6 +204,21 @@ def serve(config_path: str | None, config: Config, observer_factory: ObserverFac
     return Supervisor(config_path, config, workers, observer_factory, runner).run()
 
 
+_PR_SET_PDEATHSIG = 1                 # prctl(2)
+
+
+def _stop_with_parent(supervisor: int) -> None:
+    """In a worker: SIGTERM (a drain) when the supervisor dies, even of SIGKILL, so that no
+    worker outlives it and keeps the ports (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return                                          # not Linux: systemd stops the cgroup
+    if os.getppid() != supervisor:                      # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _end_group(worker: int) -> None:
     """Stop what a worker that has exited left behind in its process group: a worker killed
     with SIGKILL cannot stop its offload pool, forkserver and resource tracker itself."""
@@ -328,6 +344,7 @@ class Supervisor:
             code = 1
             try:
                 os.setpgid(0, 0)          # its own group: its helpers go with it (_end_group)
+                _stop_with_parent(supervisor)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 os.environ.pop("NOTIFY_SOCKET", None)     # the supervisor speaks for the service
                 metrics_link = self.metrics.in_worker(link) if link is not None else None

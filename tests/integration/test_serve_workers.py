@@ -185,3 +185,25 @@ def test_a_busy_metrics_address_stops_the_supervisor_with_its_name(tmp_path):
     assert done.returncode == 1
     assert "cannot listen: " in done.stderr and f"metrics endpoint 127.0.0.1:{taken}: " in done.stderr
     assert "started 2 workers" not in done.stderr
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path):
+    """A supervisor killed with SIGKILL cannot drain its workers; they drain themselves
+    (PR_SET_PDEATHSIG) instead of keeping the ports forever."""
+    port = free_port()
+    config = tmp_path / "authfilter.toml"
+    config.write_text(f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "127.0.0.1:{free_port()}"\n'
+                      f'[milter]\nlisteners = []\n[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
+                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len({p for p, parent in parents().items() if parent == proc.pid}) == 2)
+        workers = {p for p, parent in parents().items() if parent == proc.pid}
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_for(lambda: not alive(workers), 30), f"still running: {alive(workers)}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
