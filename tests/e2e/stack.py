@@ -54,12 +54,6 @@ def postfix_unusable() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, *, up: bool, timeout: float = 20.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -240,3 +234,9 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def delivered(sink, message_id: str) -> list:
+    """The messages the sink received with this Message-ID."""
+    needle = f"Message-ID: {message_id}\r\n".encode()
+    return [m for m in sink.messages if needle in m.content]

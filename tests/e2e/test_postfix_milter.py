@@ -7,14 +7,14 @@ from __future__ import annotations
 import shutil
 import smtplib
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.stack import POSTFIX_DAEMONS, Authfilter, Postfix, free_port, postfix_unusable
+from tests.e2e.stack import POSTFIX_DAEMONS, Authfilter, Postfix, delivered, postfix_unusable
 from tests.mailtools import header_fields, message, publish_domain, signed
 from tests.smtpsink import SmtpSink
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(postfix_unusable() is not None,
                                 reason=f"e2e: {postfix_unusable()}")
@@ -91,20 +91,6 @@ def send(stack, raw: bytes, mail_from: str, rcpt: str = "bob@e2e-remote.example"
                       source_address=(CLIENT_IP, 0)) as client:
         client.ehlo("client.example")
         return client.sendmail(mail_from, [rcpt], raw)
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
-def delivered(sink, message_id: str) -> list:
-    needle = f"Message-ID: {message_id}\r\n".encode()
-    return [m for m in sink.messages if needle in m.content]
 
 
 def test_dmarc_pass_is_delivered_with_our_results_above_postfixs_received(stack, dns_server):

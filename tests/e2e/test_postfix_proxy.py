@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from authfilter.reports.backends import open_store
-from tests.e2e.stack import Authfilter, Postfix, free_port, postfix_unusable
+from tests.e2e.stack import Authfilter, Postfix, delivered, postfix_unusable
 from tests.mailtools import dkim_key, header_fields, message, publish_domain, signed
 from tests.smtpsink import SmtpSink
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(postfix_unusable() is not None,
                                 reason=f"e2e: {postfix_unusable()}")
@@ -97,20 +98,6 @@ trusted_networks = []
 def client(stack) -> smtplib.SMTP:
     postfix = stack[0]
     return smtplib.SMTP("127.0.0.1", postfix.front_port, timeout=30, source_address=(CLIENT_IP, 0))
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
-def delivered(sink, message_id: str) -> list:
-    needle = f"Message-ID: {message_id}\r\n".encode()
-    return [m for m in sink.messages if needle in m.content]
 
 
 def test_dmarc_pass_is_delivered_with_our_results_and_the_real_client(stack, zone):

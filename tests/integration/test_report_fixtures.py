@@ -15,7 +15,6 @@ import asyncio
 import base64
 import datetime
 import os
-import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from authfilter.config import Config
 from authfilter.engine import Engine
 from authfilter.results import SessionFacts
+from tests.support import free_port
 
 PG_DSN = os.environ.get("AUTHFILTER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -160,12 +160,6 @@ def evaluate_mail(zone, mail=MAIL) -> list[Evaluated]:
 
 
 # -- an SMTP server that keeps what it receives ---------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def self_signed(tmp_path) -> tuple[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])

@@ -3,7 +3,6 @@ shared by two workers, the same pipeline, policy and log line.  A Postfix-like M
 (tests/miltermta.py) talks to it; DNS through the loopback server."""
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -12,14 +11,9 @@ import time
 from authfilter.milter.codec import SMFIR_ACCEPT, SMFIR_REPLYCODE
 from tests.mailtools import header_fields, message, publish_domain, signed
 from tests.miltermta import MilterClient
+from tests.support import free_port
 
 MACROS = {b"{daemon_name}": b"mx.test", b"j": b"mx.test", b"v": b"Postfix 3.7.11"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deliver(address: str, raw: bytes, mail_from: bytes, queue_id: bytes):

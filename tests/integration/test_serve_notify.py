@@ -9,12 +9,7 @@ import sys
 import time
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port
 
 
 def receive(sock: socket.socket, timeout: float) -> dict[str, str]:

@@ -10,7 +10,6 @@ import smtplib
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,7 @@ import pytest
 from authfilter.metrics import ACTIONS, UPSTREAM_ERRORS
 from tests.scrape import scrape
 from tests.smtpsink import SmtpSink
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port, wait_for
 
 
 def parents() -> dict[int, int]:
@@ -50,23 +44,19 @@ def alive(pids: set[int]) -> set[int]:
             and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()}
 
 
-def wait_for(predicate, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+def serve(tmp_path, config_text: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """`authfilter serve` on ``config_text``, its report store under ``tmp_path``."""
+    config = tmp_path / "authfilter.toml"
+    config.write_text(config_text)
+    return subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
+                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def test_a_killed_worker_leaves_nothing_behind_and_a_stop_leaves_nothing(tmp_path):
     port = free_port()
-    config = tmp_path / "authfilter.toml"
-    config.write_text(f'[proxy]\nworkers = 2\noffload_workers = 1\nupstream = "127.0.0.1:{free_port()}"\n'
-                      f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
-                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = serve(tmp_path, f'[proxy]\nworkers = 2\noffload_workers = 1\nupstream = "127.0.0.1:{free_port()}"\n'
+                           f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
     try:
         # two workers, each with its forkserver, pool process and resource tracker
         assert wait_for(lambda: len(descendants(proc.pid)) >= 2 * 4), descendants(proc.pid)
@@ -99,15 +89,11 @@ def message_lines(stderr: Path) -> list[tuple[int, str]]:
 def test_one_metrics_endpoint_counts_every_message_of_every_worker(tmp_path):
     sink = SmtpSink().start()
     port, metrics_port = free_port(), free_port()
-    config = tmp_path / "authfilter.toml"
-    config.write_text(f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "{sink.address}"\n'
-                      f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n'
-                      f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
     stderr = tmp_path / "stderr"
     with stderr.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
-                                env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=log)
+        proc = serve(tmp_path, f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "{sink.address}"\n'
+                               f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n'
+                               f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n', stderr=log)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     accepted = lambda: scrape(url)[("authfilter_messages_total", (("action", "accept"),))]
 
@@ -191,12 +177,8 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path):
     """A supervisor killed with SIGKILL cannot drain its workers; they drain themselves
     (PR_SET_PDEATHSIG) instead of keeping the ports forever."""
     port = free_port()
-    config = tmp_path / "authfilter.toml"
-    config.write_text(f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "127.0.0.1:{free_port()}"\n'
-                      f'[milter]\nlisteners = []\n[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
-                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = serve(tmp_path, f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "127.0.0.1:{free_port()}"\n'
+                           f'[milter]\nlisteners = []\n[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
     try:
         assert wait_for(lambda: len({p for p, parent in parents().items() if parent == proc.pid}) == 2)
         workers = {p for p, parent in parents().items() if parent == proc.pid}
