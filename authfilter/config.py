@@ -131,6 +131,76 @@ class SpfConfig:
 
 
 @dataclass
+class IprevConfig:
+    enabled: bool = setting(True, "check the client's reverse DNS (RFC 8601 s. 3): a PTR lookup, "
+                                  "then the addresses of each name; the result goes into "
+                                  "Authentication-Results and the policy's [iprev] rules")
+    max_names: int = setting(10, "PTR names whose addresses are looked up (RFC 8601 s. 3 caps "
+                                 "it; a name beyond is ignored)", minimum=1, maximum=10)
+
+
+def _check_address_ranges(values: list[str]) -> None:
+    from .checks.dnsbl import parse_address_ranges
+    parse_address_ranges(values)
+
+
+def _check_zone(value: str) -> None:
+    labels = value.rstrip(".").split(".")
+    if not value or len(labels) < 2 or not all(labels) or any(len(l) > 63 for l in labels):
+        raise ValueError(f"{value!r} is not a DNS zone (e.g. zen.spamhaus.org)")
+
+
+DNSBL_IDENTITIES = ("helo", "mail_from", "from")
+
+
+def _check_identities(values: list[str]) -> None:
+    bad = [v for v in values if v not in DNSBL_IDENTITIES]
+    if bad or not values:
+        raise ValueError(f"give one or more of {', '.join(DNSBL_IDENTITIES)}")
+
+
+@dataclass
+class DnsblListConfig:
+    zone: str = setting("", "the list's DNS zone, asked through the same resolver and cache as "
+                            "every check (many public lists refuse queries from public "
+                            "resolvers: use a local one)", check=_check_zone)
+    kind: Literal["ip", "domain"] = setting(
+        "ip", "ip: the client address (reversed octets, IPv6 nibbles), decided at RCPT; domain: "
+              "the domains of `identities` (a DBL), decided at the end of the message")
+    listed: list[str] = setting(["127.0.0.2-127.0.255.255"],
+                                "answers that mean listed (addresses, ranges A-B, networks); "
+                                "any other answer (e.g. Spamhaus's 127.255.255.252-255 'query "
+                                "refused') is an error, never a listing", check=_check_address_ranges)
+    action: Literal["reject", "tempfail", "quarantine", "tag", "allow", "score"] = setting(
+        "reject", "what a listing does: reject (554 5.7.1), tempfail (451 4.7.1), quarantine, tag "
+                  "(accept with dnsbl.tag_header), allow (a DNSWL: exempts the client from the "
+                  "other lists and from iprev rules), score (only adds weight)")
+    weight: float = setting(1.0, "what a listing adds to the score (negative for a DNSWL); "
+                                 "see dnsbl.threshold", minimum=-100, maximum=100)
+    identities: list[str] = setting(list(DNSBL_IDENTITIES), "kind = domain: which domains are "
+                                                            "asked: helo, mail_from, from",
+                                    check=_check_identities)
+    name: str = setting("", "the list's name in replies, logs and metrics; empty = the zone")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.zone.rstrip(".").lower()
+
+
+@dataclass
+class DnsblConfig:
+    lists: list[DnsblListConfig] = setting([], "DNS blocklists and allowlists, one "
+                                               "[[dnsbl.lists]] table each; [] = none")
+    threshold: float = setting(0.0, "when above 0: the weights of the lists a client is on are "
+                                    "added up (postscreen_dnsbl_sites' model) and a sum at or "
+                                    "over this gets threshold_action", minimum=0, maximum=1000)
+    threshold_action: Literal["reject", "tempfail", "quarantine", "tag"] = setting(
+        "reject", "what a score at or over the threshold does")
+    tag_header: str = setting("X-Authfilter-DNSBL", "header field added by action = tag "
+                                                    "(forged copies are removed first)")
+
+
+@dataclass
 class DkimConfig:
     max_signatures: int = setting(5, "DKIM signatures verified per message; the rest are "
                                      "reported as policy (not verified)", minimum=1, maximum=50)
@@ -323,6 +393,14 @@ class PolicyConfig:
     arc_trusted_sealers: list[str] = setting([], "ARC sealers (d= of the newest ARC-Seal) whose "
                                                  "validated chain (cv=pass) overrides a DMARC failure",
                                              check=_check_domains)
+    deny_ips: list[str] = setting([], "client networks refused with 554 5.7.1 at RCPT, before any "
+                                      "DNS work (they beat allow_ips)", check=_check_networks)
+    deny_ips_file: str = setting("", "a file of more deny_ips, one network per line (# comments), "
+                                     "read at start and on every reload (SIGHUP)")
+    deny_domains: list[str] = setting([], "MAIL FROM domains refused at RCPT and From domains "
+                                          "refused at the end of the message (554 5.7.1); "
+                                          "'.example.com' also matches subdomains",
+                                      check=_check_domains)
 
 
 def _check_store_url(value: str) -> None:
@@ -523,6 +601,8 @@ class Config:
     general: GeneralConfig = section(GeneralConfig, "identity and overall deadline")
     dns: DnsConfig = section(DnsConfig, "the resolver every check uses")
     spf: SpfConfig = section(SpfConfig, "SPF (RFC 7208)")
+    iprev: IprevConfig = section(IprevConfig, "reverse DNS of the client (iprev, RFC 8601 s. 3)")
+    dnsbl: DnsblConfig = section(DnsblConfig, "DNS blocklists and allowlists (RFC 5782)")
     dkim: DkimConfig = section(DkimConfig, "DKIM verification (RFC 6376, 8301, 8463)")
     arc: ArcConfig = section(ArcConfig, "ARC validation (RFC 8617)")
     dmarc: DmarcConfig = section(DmarcConfig, "DMARC (RFC 9989)")

@@ -7,6 +7,8 @@ Front-ends (the SMTP proxy, the CLI) only feed it and act on its verdict.
 Order of work for one message, to overlap DNS round trips (the kinds of check are
 :mod:`authfilter.checks.base`'s):
 
+0. Client checks (iprev, DNS blocklists) start as soon as the client is known
+   (:meth:`Engine.start_client`), once per client for all its messages.
 1. Envelope checks (SPF) can start as soon as MAIL FROM is known (:meth:`Engine.start_spf`).
 2. At end of data, the TXT records the content checks read (DKIM and ARC keys) are fetched
    concurrently, while the dependent checks prepare (DMARC policy discovery).
@@ -139,16 +141,26 @@ class Engine:
         return time.monotonic() + self.config.general.message_deadline
 
     # -- the envelope -----------------------------------------------------------------------
+    def start_client(self, facts: SessionFacts) -> asyncio.Task:
+        """Start the client checks (iprev, DNS blocklists) now, when the client is known.  The
+        task gives their :class:`CheckOutcomes`."""
+        return asyncio.ensure_future(self._run_alone(self.checks.client, facts, self.deadline()))
+
     def start_spf(self, facts: SessionFacts) -> asyncio.Task:
         """Start the envelope checks (SPF, and the HELO check when configured) now, at MAIL
         FROM, so their DNS overlaps the rest of the transaction.  The task gives their
         :class:`CheckOutcomes`."""
         return asyncio.ensure_future(self._envelope(facts, self.deadline()))
 
-    async def _envelope(self, facts: SessionFacts, deadline: float) -> CheckOutcomes:
+    def _envelope(self, facts: SessionFacts, deadline: float) -> Awaitable[CheckOutcomes]:
+        return self._run_alone(self.checks.envelope, facts, deadline)
+
+    async def _run_alone(self, checks: Sequence[Check], facts: SessionFacts,
+                         deadline: float) -> CheckOutcomes:
+        """Checks that need nothing but ``facts`` (client and envelope checks), at once."""
         found = CheckOutcomes()
         runs = []
-        for check in self.checks.envelope:
+        for check in checks:
             awaitable = _call(check, facts, found, check.evaluate, facts, self.resolver,
                               self.config, deadline)
             if awaitable is not None:
@@ -177,14 +189,19 @@ class Engine:
                                            spf=spf, now=now)
 
     async def evaluate_message(self, facts: SessionFacts, message: Message, *,
-                               spf: asyncio.Future | None = None, now: float | None = None,
+                               spf: asyncio.Future | None = None,
+                               client: asyncio.Future | None = None, now: float | None = None,
                                bodies: BodyHashes | None = None) -> Verdict:
         """:meth:`evaluate` for a message the caller has parsed (and uses too); ``bodies``
-        receives the body hashes computed, for the caller's ARC seal.  ``spf`` may also be a
-        future the caller resolved with the envelope checks' outcomes itself."""
+        receives the body hashes computed, for the caller's ARC seal.  ``spf`` and ``client``
+        are the tasks :meth:`start_spf` and :meth:`start_client` returned, or futures the
+        caller resolved with those checks' outcomes itself; each is started here if not
+        given."""
         bodies = bodies or BodyHashes(message.body)
         deadline = self.deadline()
         now = time.time() if now is None else now
+        if client is None:
+            client = asyncio.ensure_future(self._run_alone(self.checks.client, facts, deadline))
         envelope = spf if spf is not None else asyncio.ensure_future(
             self._envelope(facts, deadline))
         context = MessageContext(facts, message, self.resolver, self.config, deadline)
@@ -192,6 +209,7 @@ class Engine:
         preparing = [(check, self._prepare(check, context, found))
                      for check in self.checks.dependent]
         await self._verify_content(context, now, bodies, found)
+        found.update(await client)
         found.update(await envelope)
         for check, task in preparing:       # registry order: what each requires is known
             prepared = None if task is None else await task

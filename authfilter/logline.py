@@ -61,7 +61,7 @@ def message_record(*, role: str, facts: SessionFacts, peer: str, size: int,
     record: dict[str, Any] = {
         "session": session,
         "role": role,
-        "client": str(facts.client_ip),
+        "client": facts.client_text,
         "peer": peer,
         "helo": facts.helo,
         "mail_from": f"<{facts.mail_from}>" if facts.mail_from is not None else None,

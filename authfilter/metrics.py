@@ -22,9 +22,13 @@ of :data:`RESULT_WORDS`), so its panels show 0 rather than "No data":
 ``messages_total{action}``                    messages finished, by the policy's action word
                                               (accept, quarantine, tempfail, reject): what the
                                               policy decided, not what became of the message
-``results_total{method,result}``              one per result: spf, spf_helo, dkim (one per
-                                              signature, ``none`` when unsigned), arc, dmarc
-                                              (each check's ``metric_keys``)
+``results_total{method,result}``              one per result: iprev, spf, spf_helo, dkim (one
+                                              per signature, ``none`` when unsigned), arc,
+                                              dmarc, dnsbl, dnsbl_domain (each check's
+                                              ``metric_keys``); a transaction refused at RCPT
+                                              counts its client checks' results
+``rcpt_refused_total{defence}``               recipients refused at RCPT: deny, dnsbl, iprev,
+                                              ratelimit
 ``check_duration_seconds{check}``             histogram; check = each registered check (spf
                                               helo_spf dkim arc dmarc), total
 ``end_of_data_duration_seconds``              histogram: end of DATA to our final reply
@@ -118,7 +122,13 @@ RESULT_WORDS: Mapping[str, tuple[str, ...]] = {
     "dkim": ("none", "pass", "fail", "neutral", "policy", "temperror", "permerror"),
     "arc": ("none", "pass", "fail"),
     "dmarc": ("none", "pass", "fail", "temperror", "permerror"),
+    "iprev": ("pass", "fail", "temperror", "permerror"),
+    "dnsbl": ("none", "listed", "allowed", "error"),
+    "dnsbl_domain": ("none", "listed", "allowed", "error"),
 }
+DEFENCES = ("deny", "dnsbl", "iprev", "ratelimit")
+"""What ``rcpt_refused_total{defence}`` counts: recipients refused at RCPT by a local deny
+list, a DNS blocklist, the iprev rules or a rate limit."""
 """The ``(method, result)`` series of ``results_total`` there from the start: the RFC 8601
 s. 2.7 words the built-in checks report (a check of one's own shows up with its first result)."""
 PER_PROCESS = "process_"       # families of this prefix are per process, never summed
@@ -219,6 +229,7 @@ class _HotPathCollector(Collector):
         self.results = {(method, word): 0 for method, words in RESULT_WORDS.items()
                         for word in words}
         self.upstream_errors = dict.fromkeys(UPSTREAM_ERRORS, 0)
+        self.rcpt_refused = dict.fromkeys(DEFENCES, 0)
         self.checks = {name: _Histogram(LATENCY_BUCKETS)
                        for name in [*(check.name for check in REGISTRY), TOTAL]}
         self.end_of_data = _Histogram(LATENCY_BUCKETS)
@@ -235,6 +246,8 @@ class _HotPathCollector(Collector):
         for (method, result), count in dict(self.results).items():
             results.add_metric([method, result], count)
         yield results
+        yield _counter("authfilter_rcpt_refused", "recipients refused at RCPT, by the defence "
+                       "that refused them", "defence", self.rcpt_refused)
         yield _counter("authfilter_upstream_errors", "messages let through that the next MTA "
                        "did not take, by kind", "kind", self.upstream_errors)
         checks = HistogramMetricFamily("authfilter_check_duration_seconds", "time spent in each "
@@ -359,6 +372,15 @@ class Metrics:
                 histogram.observe(seconds)
             elif name == END_OF_DATA:
                 hot.end_of_data.observe(seconds)
+
+    def recipient_refused(self, defence: str, results: Iterable[tuple[str, str]] = ()) -> None:
+        """A recipient refused at RCPT by ``defence`` (:data:`DEFENCES`); ``results``: the
+        ``(method, result)`` keys of the client checks, given once per transaction (a refused
+        transaction never reaches :meth:`message_done`)."""
+        hot = self._hot
+        hot.rcpt_refused[defence] = hot.rcpt_refused.get(defence, 0) + 1
+        for key in results:
+            hot.results[key] = hot.results.get(key, 0) + 1
 
     def upstream_error(self, kind: str) -> None:
         """``kind``: one of :data:`UPSTREAM_ERRORS`."""

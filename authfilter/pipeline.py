@@ -5,15 +5,23 @@ software) only translates its protocol to these calls and applies what comes bac
 
     from authfilter.pipeline import Pipeline, SessionFacts
     async with Pipeline.open(config_path) as pipeline:      # None = embedded defaults
+        client = pipeline.client("192.0.2.1")                # at connect (optional)
         tx = pipeline.begin(SessionFacts(client_ip="192.0.2.1", helo="mail.example.org",
-                                         mail_from="alice@example.org",
-                                         recipients=["bob@example.net"], role="inbound"))
+                                         mail_from="alice@example.org", role="inbound"),
+                            client=client)
+        refusal = await tx.recipient("bob@example.net")     # at RCPT: None, or the reply
+        tx.add_recipient("bob@example.net")                  # once the MTA took it
         d = await tx.finish(message_bytes)   # CRLF message as it would be queued
         d.action, d.reply, d.remove, d.prepend, d.verdict
         await tx.done(upstream_reply=(250, "2.0.0 Ok: queued as 4XYZ"))
+    client.close()                                           # the SMTP session ended
 
-:meth:`Pipeline.begin` runs at MAIL FROM: it decides trust (the caller's word, or
-``policy.trusted_networks``) and starts SPF, so its DNS overlaps the rest of the transaction.
+:meth:`Pipeline.client` runs when the front-end learns the client's address: it starts the
+client checks (iprev, DNS blocklists), once for all the messages of a session (without it,
+:meth:`Pipeline.begin` starts them).  :meth:`Pipeline.begin` runs at MAIL FROM: it decides
+trust (the caller's word, or ``policy.trusted_networks``) and starts SPF, so its DNS overlaps
+the rest of the transaction.  :meth:`Transaction.recipient` runs at each RCPT: the early
+defences (deny lists, DNS blocklists, iprev rules, rate limits) refuse there.
 :meth:`Transaction.finish` runs at end of data: forged header fields found, checks, policy,
 Authentication-Results, quarantine mark, DKIM signing (submission, local), ARC sealing.  It
 never raises for a message: an error of ours is a ``tempfail`` (the sender keeps the mail).
@@ -39,13 +47,13 @@ from .logline import format_kv, message_record
 from .message import (HeaderField, Message, removal_of, split_field, with_fields_on_top,
                       without_fields)
 from .observers import BackgroundObserver, MessageEvent
-from .policy import ACCEPT, QUARANTINE, TEMPFAIL, Action, ActionWord
+from .policy import ACCEPT, QUARANTINE, REJECT, TEMPFAIL, Action, ActionWord
 from .reports.hooks import observers_from_config
-from .results import (ArcResult, CheckOutcomes, DmarcResult, SessionFacts, SmtpReply, SpfResult,
-                      Verdict)
+from .results import (ArcResult, CheckOutcomes, DmarcResult, IPAddress, Role, SessionFacts,
+                      SmtpReply, SpfResult, Verdict)
 from .runtime import Runtime
 
-__all__ = ["Disposition", "Pipeline", "SessionFacts", "SmtpReply", "Transaction"]
+__all__ = ["ClientScreen", "Disposition", "Pipeline", "SessionFacts", "SmtpReply", "Transaction"]
 
 log = logging.getLogger("authfilter.pipeline")
 message_log = logging.getLogger("authfilter.message")
@@ -57,6 +65,45 @@ _LIST_FIELDS = (b"list-id", b"list-post")                       # RFC 2919, RFC 
 _AUTHRES = HEADER_NAME.lower().encode("ascii")
 
 UNSET: object = object()
+# At RCPT, how long the early defences may wait for the client checks, as a multiple of one
+# DNS lookup's lifetime (iprev takes two rounds).  A check not done by then refuses nothing
+# there; the end of the message decides with its result.
+SCREEN_WAIT_LOOKUPS = 2
+
+
+def _outcomes(outcomes: CheckOutcomes | None = None) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(outcomes or CheckOutcomes())
+    return future
+
+
+class ClientScreen:
+    """The client checks (iprev, DNS blocklists) of one client: started when the front-end
+    learns its address, shared by every message of the session, closed when it ends.  Not
+    started for a client that is trusted, denied by ``policy.deny_ips`` (no DNS work for it),
+    unknown, or not inbound."""
+
+    __slots__ = ("runtime", "ip", "_task")
+
+    def __init__(self, runtime: Runtime, facts: SessionFacts) -> None:
+        self.runtime = runtime
+        self.ip = facts.client_ip
+        checked = (facts.role == "inbound" and not facts.trusted and self.ip is not None
+                   and not runtime.policy.denies(self.ip) and runtime.engine.checks.client)
+        self._task: asyncio.Future | None = runtime.engine.start_client(facts) if checked else None
+
+    def outcomes(self) -> asyncio.Future:
+        """A future of the checks' :class:`CheckOutcomes` (empty when none run)."""
+        return self._task if self._task is not None else _outcomes()
+
+    def close(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled():
+            task.exception()           # a failure nobody waits for: marked as seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +136,7 @@ class Transaction:
     began with."""
 
     def __init__(self, runtime: Runtime, facts: SessionFacts, *, arc_seal: bool,
-                 session: str, peer: str) -> None:
+                 session: str, peer: str, client: ClientScreen | None = None) -> None:
         self.runtime = runtime
         self.facts = facts
         self.arc_seal = arc_seal and runtime.sealer is not None
@@ -100,8 +147,91 @@ class Transaction:
         self._size = 0
         self._timings: dict[str, float] = {}
         self._headers: list[tuple[bytes, bytes]] | None = None
-        verify = facts.role == "inbound" and not facts.trusted
+        # a client in policy.deny_ips is refused before any DNS work
+        verify = (facts.role == "inbound" and not facts.trusted
+                  and not runtime.policy.denies(facts.client_ip))
         self._spf: asyncio.Future | None = runtime.engine.start_spf(facts) if verify else None
+        if client is None or client.ip != facts.client_ip or client.runtime is not runtime:
+            client = self._own_client = ClientScreen(runtime, facts)
+        else:
+            self._own_client = None
+        self.client = client
+        self._early: Action | None | object = UNSET     # the early defences' decision
+        self._charged = False           # the rate limits counted this message
+        self._refusals = 0
+
+    # -- RCPT -----------------------------------------------------------------------------------
+    async def recipient(self, address: str) -> SmtpReply | None:
+        """Whether to refuse the recipient ``address`` now, before the MTA takes it: the reply
+        to refuse it with, or None.  The early defences (:meth:`Policy.screen
+        <authfilter.policy.Policy.screen>`: deny lists, DNS blocklists, iprev rules) and the
+        rate limits decide; quarantine and tag wait for the end of the message.  Call
+        :meth:`add_recipient` once the MTA has accepted it.  Never raises for a recipient: an
+        error of ours refuses nothing here."""
+        facts, rt = self.facts, self.runtime
+        if facts.role == "local":               # never refused (non_smtpd_milters)
+            return None
+        try:
+            if self._early is UNSET:
+                self._early = await self._screen()
+            early = self._early
+            if isinstance(early, Action) and early.kind in (REJECT, TEMPFAIL):
+                return self._refused(address, early.defence or "deny", early.reason, early.reply)
+            limiter = rt.ratelimiter
+            if limiter is not None and limiter.applies(facts):
+                decision = await limiter.charge(facts, address, first=not self._charged,
+                                                deadline=time.monotonic() + self._screen_wait())
+                if decision.refusal is None:
+                    self._charged = True
+                elif rt.config.policy.dry_run:
+                    log.info("session=%s rate limit %s would refuse <%s> (dry run)",
+                             self.session, decision.rule, address)
+                else:
+                    return self._refused(address, "ratelimit", f"rate limit {decision.rule}",
+                                         decision.refusal)
+        except Exception:
+            log.exception("the early checks of <%s> from %s failed; not refused for it",
+                          address, facts.client_text)
+        return None
+
+    def _screen_wait(self) -> float:
+        return SCREEN_WAIT_LOOKUPS * self.runtime.config.dns.lifetime
+
+    async def _screen(self) -> Action | None:
+        """The early decision, once the client checks are in (or after waiting long enough)."""
+        future = self.client.outcomes()
+        if not future.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(future), self._screen_wait())
+            except (TimeoutError, asyncio.CancelledError):
+                if not future.done():
+                    return None
+        if future.cancelled():
+            return None
+        return self.runtime.policy.screen(self.facts, future.result().results)
+
+    def _refused(self, address: str, defence: str, reason: str,
+                 reply: SmtpReply | None) -> SmtpReply:
+        """One line in the log and the metrics for a recipient refused at RCPT."""
+        reply = reply or SmtpReply(554, "5.7.1 Recipient address rejected: access denied")
+        rt, facts = self.runtime, self.facts
+        results: list[tuple[str, str]] = []
+        if not self._refusals:          # a refused transaction never reaches finish()
+            outcomes = self.client.outcomes()
+            if outcomes.done() and not outcomes.cancelled():
+                found = outcomes.result().results
+                results = [key for check in rt.engine.checks.client
+                           if (result := found.get(check.name)) is not None
+                           for key in check.metric_keys(result)]
+        self._refusals += 1
+        rt.metrics.recipient_refused(defence, results)
+        record = {"session": self.session, "role": facts.role, "client": facts.client_text,
+                  "peer": self.peer, "helo": facts.helo,
+                  "mail_from": f"<{facts.mail_from}>" if facts.mail_from is not None else None,
+                  "rcpt": address, "outcome": "refused", "stage": "rcpt", "defence": defence,
+                  "reason": reason, "reply": f"{reply.code} {reply.text}"}
+        message_log.info("%s", format_kv(record), extra={"fields": record})
+        return reply
 
     def add_recipient(self, address: str) -> None:
         """A recipient the MTA accepted after :meth:`Pipeline.begin`."""
@@ -156,13 +286,14 @@ class Transaction:
     def _forged(self, message: Message) -> list[int]:
         """Indexes of the fields we must not pass on: Authentication-Results claiming our
         authserv-id (RFC 8601 s. 5: we did not write them for this message) and a quarantine
-        mark the client wrote."""
+        mark or DNSBL tag the client wrote."""
         rt = self.runtime
         ours = rt.authserv_id.lower()
-        mark = rt.policy.quarantine_header.lower().encode("ascii")
         headers, positions = message.headers, message.positions
         forged = [i for i in positions.get(_AUTHRES, ()) if authserv_id_of(headers[i][1]) == ours]
-        return sorted(forged + list(positions.get(mark, ())))
+        for mark in (rt.policy.quarantine_header, rt.config.dnsbl.tag_header):
+            forged += positions.get(mark.lower().encode("ascii"), ())
+        return sorted(set(forged))
 
     async def _verdict(self, message: Message, bodies: BodyHashes) -> Verdict | None:
         engine, facts = self.runtime.engine, self.facts
@@ -173,13 +304,15 @@ class Transaction:
             skipped: asyncio.Future = asyncio.get_running_loop().create_future()
             skipped.set_result(CheckOutcomes({"spf": SpfResult("none", "mailfrom", domain,
                                                                reason=NOT_CHECKED)}))
-            verdict = await engine.evaluate_message(facts, message, spf=skipped, bodies=bodies)
+            verdict = await engine.evaluate_message(facts, message, spf=skipped,
+                                                    client=_outcomes(), bodies=bodies)
             return dataclasses.replace(verdict, arc=ArcResult("none", reason=NOT_CHECKED),
                                        dmarc=DmarcResult("none", verdict.dmarc.from_domain,
                                                          reason=NOT_CHECKED))
         spf, self._spf = self._spf, None
         async with asyncio.timeout(self.runtime.config.general.message_deadline + DEADLINE_SLACK):
-            return await engine.evaluate_message(facts, message, spf=spf, bodies=bodies)
+            return await engine.evaluate_message(facts, message, spf=spf,
+                                                 client=self.client.outcomes(), bodies=bodies)
 
     def _seal(self, checked: Message, marks: tuple[HeaderField, ...], verdict: Verdict,
               bodies: BodyHashes) -> list[HeaderField]:
@@ -241,7 +374,11 @@ class Transaction:
                 log.exception("message observer %r failed", observer)
 
     def abandon(self) -> None:
-        """The transaction ends without (more) use of its SPF check: stop it."""
+        """The transaction ends without (more) use of its SPF check: stop it (and the client
+        checks, when they are this transaction's own)."""
+        own, self._own_client = self._own_client, None
+        if own is not None:
+            own.close()
         task, self._spf = self._spf, None
         if task is None:
             return
@@ -276,16 +413,28 @@ class Pipeline:
             for observer in started:
                 await observer.close()
 
+    def client(self, client_ip: "IPAddress | str | None", *, role: Role = "inbound",
+               helo: str | None = None) -> ClientScreen:
+        """Start the client checks of a client the front-end has just learnt (at connect, or
+        at XFORWARD / PROXY), in the running event loop; hand the screen to each
+        :meth:`begin` of the session and :meth:`ClientScreen.close` it at the end."""
+        facts = SessionFacts(client_ip, helo, role=role)
+        if self.runtime.policy.is_trusted(facts.client_ip):
+            facts = dataclasses.replace(facts, trusted=True)
+        return ClientScreen(self.runtime, facts)
+
     def begin(self, facts: SessionFacts, *, arc_seal: bool = False, session: str = "",
-              peer: str = "") -> Transaction:
+              peer: str = "", client: ClientScreen | None = None) -> Transaction:
         """A transaction for a message with these envelope facts (at MAIL FROM, in the running
         event loop: SPF starts as a task of it).  ``arc_seal``:
         the front-end's listener seals inbound mail; ``session`` and ``peer`` (who connected
-        to the front-end) go into the log line."""
+        to the front-end) go into the log line; ``client``: the session's
+        :meth:`client` screen (one of another client or config generation is not used)."""
         rt = self.runtime
         if not facts.trusted and rt.policy.is_trusted(facts.client_ip):
             facts = dataclasses.replace(facts, trusted=True)
-        return Transaction(rt, facts, arc_seal=arc_seal, session=session, peer=peer)
+        return Transaction(rt, facts, arc_seal=arc_seal, session=session, peer=peer,
+                           client=client)
 
     def reload(self, runtime: Runtime) -> Runtime:
         """Put ``runtime`` in force for new transactions; returns the one it replaces."""

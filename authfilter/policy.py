@@ -9,6 +9,12 @@ allow-lists, ARC sealers trusted to vouch for forwarded mail, and dry-run.
 
 Order of decision (first step that applies wins, later steps only soften):
 
+0. the early defences (:meth:`Policy.screen`, asked at RCPT and again at the end of the
+   message): local deny lists (``policy.deny_ips``, ``deny_domains``: 554, before any DNS
+   work), then DNS blocklists by each list's action and the summed weights, then the
+   ``[iprev]`` rules; an allow-listing (``allow_ips``, a DNSWL with action allow) exempts the
+   client from the blocklists and iprev, never from the deny lists.  The most severe of this
+   and of the authentication decision below is applied;
 1. trusted networks: accept, nothing verified (or DKIM only, never acted on);
 2. DMARC by its result and the disposition the domain asks for (RFC 9989 s. 4.7, ``t=y``
    already folded into the disposition by the engine); a DMARC ``temperror`` (a DNS failure,
@@ -29,16 +35,17 @@ report why the applied disposition differs from the one the domain asked for.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Iterable, Literal, Mapping
 
 from . import config as config_mod
-from .config import Config, PolicyConfig, setting
+from .config import Config, DnsblConfig, PolicyConfig, setting
 from .message import HeaderField
 from .results import IPAddress, SessionFacts, SmtpReply, Verdict
 
@@ -98,6 +105,14 @@ class ArcRules:
 
 
 @dataclass
+class IprevRules:
+    fail: ActionWord = setting(ACCEPT, "iprev fail: the client's reverse DNS names do not map back "
+                                       "to it (decided at RCPT)")
+    permerror: ActionWord = setting(ACCEPT, "iprev permerror: no reverse DNS (PTR) for the client")
+    temperror: ActionWord = setting(ACCEPT, "iprev temperror: the reverse DNS could not be read now")
+
+
+@dataclass
 class QuarantineRules:
     header: str = setting("X-Authfilter-Quarantine", "header field added to quarantined mail "
                                                      "(forged copies are removed first)")
@@ -110,6 +125,7 @@ class PolicyRules:
     spf: SpfRules = config_mod.section(SpfRules, "SPF outcomes (only when DMARC did not pass)")
     mailing_list: MailingListRules = config_mod.section(MailingListRules, "mailing-list mail")
     arc: ArcRules = config_mod.section(ArcRules, "forwarders trusted through ARC")
+    iprev: IprevRules = config_mod.section(IprevRules, "the client's reverse DNS (iprev)")
     quarantine: QuarantineRules = config_mod.section(QuarantineRules, "how quarantine is marked")
 
 
@@ -130,11 +146,21 @@ class Action:
     add_fields: tuple[HeaderField, ...] = ()
     override: str | None = None
     would_be: str | None = None
+    defence: str | None = None      # the early defence that decided: deny, dnsbl, iprev
 
     @property
     def disposition(self) -> str:
         """The DMARC disposition actually applied (RFC 9990 ``disposition``)."""
         return {REJECT: "reject", QUARANTINE: "quarantine"}.get(self.kind, "none")
+
+    def _replace_fields(self, more: tuple[HeaderField, ...]) -> "Action":
+        """This action, with the header fields of another it was combined with (a DNSBL tag
+        beside a DMARC quarantine mark); a refusal adds nothing."""
+        if self.kind in (REJECT, TEMPFAIL) or not more:
+            return self
+        names = {name.lower() for name, _ in self.add_fields}
+        extra = tuple(f for f in more if f[0].lower() not in names)
+        return dataclasses.replace(self, add_fields=self.add_fields + extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +191,8 @@ _REPLIES = {
                              "to send its mail"),
     "spf_temperror": ("7.24", "Temporary DNS error checking SPF for {domain}, try again later"),
     "spf_permerror": ("7.24", "SPF record of {domain} is invalid (permerror)"),
+    # RFC 7372 s. 3 X.7.25: reverse DNS validation failed
+    "iprev": ("7.25", "Reverse DNS validation failed for {domain} ({reason})"),
 }
 
 
@@ -183,7 +211,8 @@ def _one_line(text: str, limit: int) -> str:
 
 # -- the policy ----------------------------------------------------------------------------
 class Policy:
-    def __init__(self, rules: PolicyRules, settings: PolicyConfig, name: str = "default") -> None:
+    def __init__(self, rules: PolicyRules, settings: PolicyConfig, name: str = "default", *,
+                 dnsbl: DnsblConfig | None = None, deny_file: Iterable[str] = ()) -> None:
         self.rules = rules
         self.settings = settings
         self.name = name
@@ -191,20 +220,123 @@ class Policy:
         self._allow_ips = [ipaddress.ip_network(n, strict=False) for n in settings.allow_ips]
         self._allow_domains = [d.lower().rstrip(".") for d in settings.allow_domains]
         self._sealers = {d.lower().rstrip(".") for d in settings.arc_trusted_sealers}
+        self._deny_ips = [ipaddress.ip_network(n, strict=False)
+                          for n in [*settings.deny_ips, *deny_file]]
+        self._deny_domains = [d.lower().rstrip(".") for d in settings.deny_domains]
+        self.dnsbl = dnsbl or DnsblConfig()
+        self._dnsbl_lists = bool(self.dnsbl.lists)
         self.quarantine_header = rules.quarantine.header
 
     @classmethod
     def from_config(cls, config: Config) -> "Policy":
         settings = config.policy
         path = find_policy_file(settings.name, settings.directory, config.source)
-        return cls(load_rules(path), settings, settings.name)
+        deny_file = (read_network_file(_relative(settings.deny_ips_file, config.source))
+                     if settings.deny_ips_file else ())
+        return cls(load_rules(path), settings, settings.name, dnsbl=config.dnsbl,
+                   deny_file=deny_file)
 
     # -- local exceptions --------------------------------------------------------------------
-    def is_trusted(self, ip: IPAddress) -> bool:
-        return _in_networks(ip, self._trusted)
+    def is_trusted(self, ip: IPAddress | None) -> bool:
+        return ip is not None and _in_networks(ip, self._trusted)
+
+    def denies(self, ip: IPAddress | None) -> bool:
+        """Whether ``policy.deny_ips`` refuses this client (its DNS checks are not started)."""
+        return ip is not None and _in_networks(ip, self._deny_ips)
+
+    @property
+    def screens(self) -> bool:
+        """Whether :meth:`screen` can refuse anything at RCPT with these settings (a milter
+        then asks the MTA to wait for our RCPT replies)."""
+        iprev = self.rules.iprev
+        return bool(self._deny_ips or self._deny_domains or self._dnsbl_lists
+                    or {iprev.fail, iprev.permerror, iprev.temperror} - {ACCEPT})
+
+    # -- the early defences ----------------------------------------------------------------
+    def screen(self, facts: SessionFacts, results: Mapping[str, Any],
+               from_domains: Iterable[str] = ()) -> Action | None:
+        """The early decision: deny lists, DNS blocklists, iprev (see the module docstring).
+        ``results`` holds the client checks' results (and at the end of the message
+        ``dnsbl_domain``'s); ``from_domains``, at the end of the message, the From domains.
+        At RCPT only a reject or tempfail is acted on; quarantine and tag wait for the end of
+        the message, which asks again.  None: nothing to do."""
+        if facts.trusted:
+            return None
+        found = self._denied(facts, from_domains) or self._listed(facts, results)
+        if found is None:
+            return None
+        defence, kind, reason, reply, fields = found
+        if self.settings.dry_run and kind != ACCEPT:
+            return Action(ACCEPT, f"{reason}; dry run", override="local_policy", would_be=kind,
+                          defence=defence)
+        if kind == QUARANTINE:
+            fields = fields + ((self.quarantine_header, _one_line(reason, 400)),)
+        return Action(kind, reason, reply if kind in (REJECT, TEMPFAIL) else None, fields,
+                      override="local_policy" if kind != ACCEPT else None, defence=defence)
+
+    def _denied(self, facts: SessionFacts, from_domains: Iterable[str]) -> _Defence | None:
+        ip = facts.client_ip
+        if ip is not None and _in_networks(ip, self._deny_ips):
+            return ("deny", REJECT, f"client {ip} is in policy.deny_ips",
+                    SmtpReply(554, f"5.7.1 Client host [{ip}] blocked by local policy"), ())
+        sender = facts.mail_from.rpartition("@")[2].lower().rstrip(".") if facts.mail_from else ""
+        for what, domain in [("sender", sender)] + [("From", d) for d in from_domains]:
+            if domain and _domain_listed(domain, self._deny_domains):
+                return ("deny", REJECT, f"{what} domain {domain} is in policy.deny_domains",
+                        SmtpReply(554, f"5.7.1 {what} domain {_one_line(domain, 80)} blocked by "
+                                       f"local policy"), ())
+        return None
+
+    def _listed(self, facts: SessionFacts, results: Mapping[str, Any]) -> _Defence | None:
+        """The blocklists' and iprev's wish, most severe first; None: nothing to do."""
+        if facts.client_ip is not None and _in_networks(facts.client_ip, self._allow_ips):
+            return None
+        listings = [listing for name in ("dnsbl", "dnsbl_domain")
+                    if (result := results.get(name)) is not None for listing in result.listings]
+        if any(listing.action == "allow" for listing in listings):
+            return None             # a DNSWL vouches for the client
+        wishes: list[_Defence] = []
+        for listing in listings:
+            if listing.action in _LISTING_ACTIONS:
+                wishes.append(self._listing_defence(facts, listing.action, [listing]))
+        dnsbl = self.dnsbl
+        if dnsbl.threshold > 0 and listings:
+            score = sum(listing.weight for listing in listings)
+            if score >= dnsbl.threshold:
+                wishes.append(self._listing_defence(facts, dnsbl.threshold_action, listings,
+                                                    score=score))
+        iprev = results.get("iprev")
+        if iprev is not None and iprev.result in ("fail", "permerror", "temperror"):
+            kind = getattr(self.rules.iprev, iprev.result)
+            if kind != ACCEPT:
+                reason = f"iprev={iprev.result}" + (f": {iprev.reason}" if iprev.reason else "")
+                wishes.append(("iprev", kind, reason,
+                               smtp_reply(kind, "iprev", f"[{iprev.ip}]", reason), ()))
+        if not wishes:
+            return None
+        worst = max(wishes, key=lambda w: SEVERITY[w[1]])
+        tags = tuple(f for w in wishes for f in w[4]) if worst[1] in (ACCEPT, QUARANTINE) else ()
+        return worst[:4] + (tags,)
+
+    def _listing_defence(self, facts: SessionFacts, action: str, listings: list,
+                         score: float | None = None) -> _Defence:
+        names = ", ".join(dict.fromkeys(listing.list for listing in listings))
+        first = listings[0]
+        who = (f"client [{first.queried}]" if first.identity == "ip"
+               else f"{first.identity.replace('_', ' ')} domain {_one_line(first.queried, 80)}")
+        reason = (f"dnsbl score {score:g} >= {self.dnsbl.threshold:g} ({names})" if score is not None
+                  else f"{who} listed by {names} ({','.join(first.answers)})")
+        if action == "tag":
+            return "dnsbl", ACCEPT, reason, None, ((self.dnsbl.tag_header, _one_line(reason, 400)),)
+        if action == TEMPFAIL:
+            reply = SmtpReply(451, f"4.7.1 Service unavailable; {who} listed by {names}, try "
+                                   f"again later")
+        else:
+            reply = SmtpReply(554, f"5.7.1 Service unavailable; {who} blocked using {names}")
+        return "dnsbl", action, reason, reply, ()
 
     def _allow_listed(self, facts: SessionFacts, verdict: Verdict) -> str | None:
-        if _in_networks(facts.client_ip, self._allow_ips):
+        if facts.client_ip is not None and _in_networks(facts.client_ip, self._allow_ips):
             return f"client {facts.client_ip} is allow-listed"
         sender_domain = facts.mail_from.rpartition("@")[2] if facts.mail_from else None
         for domain in (verdict.dmarc.from_domain, sender_domain):
@@ -222,6 +354,18 @@ class Policy:
     def decide(self, facts: SessionFacts, verdict: Verdict, *, mailing_list: bool = False) -> Action:
         if facts.trusted:
             return Action(ACCEPT, "trusted network")
+        authentication = self._authentication(facts, verdict, mailing_list)
+        from_domain = verdict.dmarc.from_domain
+        early = self.screen(facts, _ScreenResults(verdict), (from_domain,) if from_domain else ())
+        if early is None:
+            return authentication
+        if SEVERITY[early.kind] > SEVERITY[authentication.kind] or (
+                early.would_be and not authentication.would_be and authentication.kind == ACCEPT):
+            return early._replace_fields(authentication.add_fields)
+        return authentication._replace_fields(early.add_fields)
+
+    def _authentication(self, facts: SessionFacts, verdict: Verdict, mailing_list: bool) -> Action:
+        """Steps 2 to 6 of the module docstring."""
         outcome = self._dmarc_outcome(verdict)
         if verdict.dmarc.result != "pass":
             spf = self._spf_outcome(verdict)
@@ -286,6 +430,60 @@ class Policy:
         reason = f"spf={spf.result} domain={spf.domain}"
         return _Outcome(kind, f"spf_{spf.result}", spf.domain or "", reason,
                         spf.result in ("fail", "softfail"))
+
+# (defence, kind, reason, reply, header fields)
+_Defence = tuple[str, str, str, "SmtpReply | None", tuple[HeaderField, ...]]
+_LISTING_ACTIONS = frozenset({REJECT, TEMPFAIL, QUARANTINE, "tag"})
+
+
+class _ScreenResults(Mapping):
+    """A verdict's results by check name, as :meth:`Policy.screen` reads them."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self._verdict = verdict
+
+    def __getitem__(self, name: str) -> Any:
+        result = self._verdict.result(name)
+        if result is None:
+            raise KeyError(name)
+        return result
+
+    def __iter__(self):
+        return (check.name for check, _ in self._verdict.reported())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def read_network_file(path: Path) -> list[str]:
+    """``policy.deny_ips_file``: one network per line, ``#`` comments; a bad line is a
+    :class:`PolicyError` naming it (so a reload with a broken file keeps the old config)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError) as exc:
+        raise PolicyError([f"policy.deny_ips_file: {path}: {getattr(exc, 'strerror', None) or exc}"]) from None
+    networks, problems = [], []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            problems.append(f"policy.deny_ips_file: {path}:{number}: {text!r} is not an IP network")
+            continue
+        networks.append(text)
+    if problems:
+        raise PolicyError(problems[:10])
+    return networks
+
+
+def _relative(name: str, config_source: str | None) -> Path:
+    path = Path(name)
+    if not path.is_absolute() and config_source:
+        path = Path(config_source).parent / path
+    return path
+
 
 def _published_policy(verdict: Verdict) -> str | None:
     """The policy the domain's record asks for, when a record was found despite the temperror.

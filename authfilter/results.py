@@ -37,34 +37,44 @@ class SessionFacts:
 
     ``mail_from`` is the reverse-path without angle brackets; ``""`` is the null sender and
     ``None`` means "not given" (e.g. ``authfilter check`` without ``--mail-from``).
-    ``client_ip`` may be given as text.  ``trusted``: the caller vouches for the client (an
-    embedder's authenticated user; the proxy, for a client Postfix could not name);
+    ``client_ip`` may be given as text; None means the front-end could not learn it (XFORWARD
+    ``ADDR=[UNAVAILABLE]``, a milter CONNECT without an address): the message is verified with
+    what there is (SPF ``none``, RFC 7208 s. 2.4 needs the IP), never trusted for it.
+    ``trusted``: the caller vouches for the client (an embedder's authenticated user);
     :meth:`authfilter.pipeline.Pipeline.begin` also marks clients in
     ``policy.trusted_networks``.  ``role`` says what is done with the message
-    (:data:`Role`).
+    (:data:`Role`).  ``auth_user``: the SASL login name, when the client authenticated (the
+    milter's ``{auth_authen}``).
     """
 
-    client_ip: IPAddress
+    client_ip: IPAddress | None
     helo: str | None = None
     mail_from: str | None = None
     recipients: tuple[str, ...] = ()
     trusted: bool = False
     role: Role = "inbound"
+    auth_user: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.client_ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-            object.__setattr__(self, "client_ip", ipaddress.ip_address(self.client_ip))
+        ip = self.client_ip
+        if ip is not None and not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            object.__setattr__(self, "client_ip", ipaddress.ip_address(ip))
         if not isinstance(self.recipients, tuple):
             object.__setattr__(self, "recipients", tuple(self.recipients))
         if self.role not in ROLES:
             raise ValueError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
 
     @classmethod
-    def create(cls, client_ip: str, helo: str | None = None, mail_from: str | None = None,
+    def create(cls, client_ip: str | None, helo: str | None = None, mail_from: str | None = None,
                recipients: tuple[str, ...] | list[str] = (), trusted: bool = False,
-               role: Role = "inbound") -> "SessionFacts":
-        return cls(ipaddress.ip_address(client_ip), helo or None, mail_from,
-                   tuple(recipients), trusted, role)
+               role: Role = "inbound", auth_user: str | None = None) -> "SessionFacts":
+        return cls(ipaddress.ip_address(client_ip) if client_ip else None, helo or None,
+                   mail_from, tuple(recipients), trusted, role, auth_user or None)
+
+    @property
+    def client_text(self) -> str:
+        """The client address for logs and reports: ``unknown`` when it is not known."""
+        return "unknown" if self.client_ip is None else str(self.client_ip)
 
 
 @dataclass(frozen=True, slots=True)

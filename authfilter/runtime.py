@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .config import Config
 from .dns import Resolver
@@ -49,6 +49,7 @@ class Runtime:
     observers: list[Observer]
     metrics: Metrics
     authserv_id: str
+    ratelimiter: Any = None          # authfilter.ratelimit.RateLimiter; None: no rate limits
 
     @classmethod
     def build(cls, config: Config, resolver: Resolver | None = None, *,

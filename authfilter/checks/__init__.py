@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from .arc import ArcCheck
-from .base import Check, ContentCheck, DependentCheck, EnvelopeCheck
+from .base import Check, ClientCheck, ContentCheck, DependentCheck, EnvelopeCheck
 from .dkim import DkimCheck
 from .dmarc import DmarcCheck
+from .dnsbl import DnsblCheck, DomainBlocklistCheck
+from .iprev import IprevCheck
 from .spf import HeloSpfCheck, SpfCheck
 
-_KINDS = (EnvelopeCheck, ContentCheck, DependentCheck)
+_KINDS = (ClientCheck, EnvelopeCheck, ContentCheck, DependentCheck)
 
 
 class Registry:
@@ -22,7 +24,8 @@ class Registry:
     give results in this order.  A check comes after every check it requires, so this is also
     an order the engine can run them in.
 
-    ``envelope``, ``content`` and ``dependent`` hold the checks of each kind, in this order.
+    ``client``, ``envelope``, ``content`` and ``dependent`` hold the checks of each kind, in
+    this order.
     """
 
     def __init__(self, checks: Iterable[Check] = ()) -> None:
@@ -34,7 +37,8 @@ class Registry:
     def register(self, check: Check) -> None:
         """Add ``check`` last; what it requires must be registered already."""
         if not isinstance(check, _KINDS):
-            raise TypeError(f"{check!r} is not an EnvelopeCheck, ContentCheck or DependentCheck")
+            raise TypeError(f"{check!r} is not a ClientCheck, EnvelopeCheck, ContentCheck or "
+                            f"DependentCheck")
         names = [c.name for c in self.checks]
         if check.name in names:
             raise ValueError(f"a check named {check.name!r} is registered already")
@@ -58,6 +62,7 @@ class Registry:
         return check
 
     def _group_by_kind(self) -> None:
+        self.client = tuple(c for c in self.checks if isinstance(c, ClientCheck))
         self.envelope = tuple(c for c in self.checks if isinstance(c, EnvelopeCheck))
         self.content = tuple(c for c in self.checks if isinstance(c, ContentCheck))
         self.dependent = tuple(c for c in self.checks if isinstance(c, DependentCheck))
@@ -72,8 +77,10 @@ class Registry:
         return iter(self.checks)
 
 
-BUILT_IN: tuple[Check, ...] = (SpfCheck(), HeloSpfCheck(), DkimCheck(), ArcCheck(), DmarcCheck())
-"""The checks authfilter ships, in the order of its Authentication-Results header."""
+BUILT_IN: tuple[Check, ...] = (IprevCheck(), SpfCheck(), HeloSpfCheck(), DkimCheck(), ArcCheck(),
+                               DmarcCheck(), DnsblCheck(), DomainBlocklistCheck())
+"""The checks authfilter ships, in the order of its Authentication-Results header (the DNS
+blocklists have no entry there: RFC 8601 registers no method for them)."""
 
 REGISTRY = Registry(BUILT_IN)
 """The checks every :class:`~authfilter.engine.Engine` runs unless given others."""

@@ -275,7 +275,8 @@ class ArcCheck(ContentCheck[ArcResult]):
             s += comment(f"i={a.instances}{sealers}")
             if a.oldest_pass is not None:
                 s += f" header.oldest-pass={a.oldest_pass}"
-            s += f" smtp.remote-ip={facts.client_ip}"
+            if facts.client_ip is not None:
+                s += f" smtp.remote-ip={facts.client_ip}"
         return [s]
 
     def summary(self, result: ArcResult) -> list[str]:

@@ -10,6 +10,10 @@ module here plus its policy rules.
 
 What a check reads decides when it runs, so that DNS round trips overlap:
 
+* :class:`ClientCheck` reads the client's address only (iprev, DNS blocklists).  It starts as
+  soon as the front-end knows the client (at connect, or at XFORWARD / PROXY), so its lookups
+  overlap the whole SMTP dialogue, and its result is known when RCPT is answered: the early
+  defences refuse there (:meth:`authfilter.pipeline.Transaction.recipient`).
 * :class:`EnvelopeCheck` reads the session facts only (SPF).  It starts at MAIL FROM, while the
   message is still being sent.
 * :class:`ContentCheck` verifies signatures in the message (DKIM, ARC).  It names the TXT records
@@ -85,6 +89,20 @@ class Check(ABC, Generic[R]):
     def to_json(self, result: R) -> Any:
         """Its value in :meth:`Verdict.to_dict <authfilter.results.Verdict.to_dict>`."""
         return result.to_dict()                    # type: ignore[attr-defined]
+
+
+class ClientCheck(Check[R]):
+    """A check of the connecting client, started when its address is known (see the module
+    docstring).  ``facts`` then has the client address, the role and ``trusted``, maybe the
+    HELO name; no envelope."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def evaluate(self, facts: "SessionFacts", resolver: "Resolver", config: "Config",
+                 deadline: float) -> Awaitable[R] | None:
+        """The check of this client, or None when it does not apply (its result is then
+        None)."""
 
 
 class EnvelopeCheck(Check[R]):

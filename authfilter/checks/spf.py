@@ -262,6 +262,7 @@ def _choose_identity(facts: SessionFacts, identity: str) -> _Identity:
 def _client_address(facts: SessionFacts) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The client address, an IPv4-mapped IPv6 address as the IPv4 address (RFC 7208 s. 5)."""
     ip = facts.client_ip
+    assert ip is not None           # check_spf answers none for an unknown client first
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
@@ -280,6 +281,8 @@ async def check_spf(facts: SessionFacts, resolver: Resolver, *, identity: str = 
     chosen = _choose_identity(facts, identity)
     if chosen.problem:
         return _result(chosen, "none", chosen.problem)
+    if facts.client_ip is None:     # check_host()'s <ip> (RFC 7208 s. 4.1): nothing to judge
+        return _result(chosen, "none", "the client's address is unknown")
     end = time.monotonic() + timeout
     if deadline is not None:
         end = min(end, deadline)
@@ -364,7 +367,7 @@ class SpfCheck(EnvelopeCheck[SpfResult]):
 
     def authres(self, result: SpfResult, facts: SessionFacts) -> list[str]:
         # The comment names the client the check judged (the real one, from XFORWARD).
-        note = f"client {facts.client_ip}" + (f": {result.reason}" if result.reason else "")
+        note = f"client {facts.client_text}" + (f": {result.reason}" if result.reason else "")
         out = f"spf={result.result}{comment(note)}"
         if result.identity == "helo":
             return [out + (f" smtp.helo={property_value(result.domain)}" if result.domain else "")]

@@ -3,14 +3,16 @@
 An ``asyncio.Protocol`` hands each read to a :class:`~.codec.Decoder`; every event goes
 through the state table (:class:`~.state.MilterSession`, which says whether it is legal and
 whether the MTA waits for a reply) and, where it concerns the message, to the pipeline:
-MAIL begins a :class:`~authfilter.pipeline.Transaction` (SPF starts there), RCPT adds a
-recipient, the header fields and body chunks are kept, the end of the message rebuilds it
+CONNECT starts the client checks (:meth:`~authfilter.pipeline.Pipeline.client`), MAIL begins a
+:class:`~authfilter.pipeline.Transaction` (SPF starts there), RCPT adds a recipient (asking
+the early defences first when the config has any: the one event but the end of the message
+then answered, :meth:`~authfilter.pipeline.Transaction.recipient`), the header fields and body chunks are kept, the end of the message rebuilds it
 byte for byte (:func:`~.state.rebuild_header_block`) and finishes it, and the
 :class:`~authfilter.pipeline.Disposition` goes back as the packets of
 :func:`~.state.end_of_message_replies`.  Everything but the end of the message is handled
 synchronously inside ``data_received``: with the no-reply steps negotiated
 (milter.md s. 1.2) nothing is answered before it, so a message costs one task, for
-``Transaction.finish``.
+``Transaction.finish`` (and one per RCPT while early defences are configured).
 
 Failure rules (milter.md s. 1.5, trap 9): a :class:`~.codec.CodecError` or a
 :class:`~.state.ProtocolViolation` closes the connection, and Postfix applies
@@ -34,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol
 
-from ..pipeline import TEMP_FAILURE, Pipeline, Transaction
+from ..pipeline import TEMP_FAILURE, ClientScreen, Pipeline, Transaction
 from ..results import Role, SessionFacts, SmtpReply
 from . import state
 from .codec import (ACCEPT, CONTINUE, MAX_PACKET, PROGRESS, SMFIF_ADDHDRS, SMFIF_CHGHDRS,
@@ -53,13 +55,16 @@ log = logging.getLogger("authfilter.milter")
 # come anyway, milter8.c milter8_event "Send the macros for this event, even when we're not
 # reporting the event itself"); and no reply to any event but the end of the message, so
 # Postfix sends a whole message without waiting (milter8.c "don't wait for one reply per
-# header").  Nothing is refused before the end of the message (trap 8: the pipeline decides
-# there), so no early answer is ever needed; steps the MTA does not offer are answered with
-# SMFIR_CONTINUE instead (state.MilterSession drops them from the negotiation).
+# header").  Authentication is decided at the end of the message (trap 8: the pipeline decides
+# there); only the early defences (deny lists, DNS blocklists, iprev rules, rate limits) refuse
+# at RCPT, so RCPT is answered only when the config has some (SCREENING_PROTOCOL).  Steps the
+# MTA does not offer are answered with SMFIR_CONTINUE instead (state.MilterSession drops them
+# from the negotiation).
 ACTIONS = SMFIF_ADDHDRS | SMFIF_CHGHDRS | SMFIF_QUARANTINE
 PROTOCOL = (SMFIP_HDR_LEADSPC | SMFIP_NODATA | SMFIP_NOUNKNOWN | SMFIP_NR_CONN | SMFIP_NR_HELO
             | SMFIP_NR_MAIL | SMFIP_NR_RCPT | SMFIP_NR_DATA | SMFIP_NR_UNKN | SMFIP_NR_HDR
             | SMFIP_NR_EOH | SMFIP_NR_BODY)
+SCREENING_PROTOCOL = PROTOCOL & ~SMFIP_NR_RCPT
 # The macros we use, each asked for at the one stage where Postfix has it (milter.md s. 1.3),
 # so that no other stage carries any (the header and body stages then send an empty
 # SMFIC_MACRO each).  {daemon_name} names the Postfix service in the log; {auth_authen} marks
@@ -74,7 +79,6 @@ OVERSIZE_REPLY = SmtpReply(451, "4.3.4 Message too big for the mail filter, try 
 POSTFIX_REFUSALS = {"reject": SmtpReply(550, "5.7.1 Command rejected"),
                     "tempfail": SmtpReply(451, "4.7.1 Service unavailable - try again later")}
 TEMPFAIL_REPLY = reply_code(TEMP_FAILURE.code, TEMP_FAILURE.text)
-UNKNOWN_CLIENT = ipaddress.IPv4Address(0)
 NO_QUEUE_ID = "(no queue id)"      # {i} exists from DATA on, and Sendmail may not send it
 # Postfix sends nothing while it waits for the end-of-message reply (milter8_event reads the
 # replies before it writes again); more events than this in that time break the protocol.
@@ -144,8 +148,13 @@ class MilterConnection(asyncio.Protocol):
         self.limits = host.limits
         self.role = role
         self.arc_seal = arc_seal
-        self.table = state.MilterSession(actions=ACTIONS, protocol=PROTOCOL,
-                                         macro_lists=MACRO_LISTS)
+        runtime = self.pipeline.runtime
+        # RCPT waits for our answer only when something may refuse there
+        self._screening = role != "local" and (runtime.policy.screens
+                                               or runtime.ratelimiter is not None)
+        self.table = state.MilterSession(
+            actions=ACTIONS, protocol=SCREENING_PROTOCOL if self._screening else PROTOCOL,
+            macro_lists=MACRO_LISTS)
         self.decoder = Decoder(self.limits.max_packet)
         self.transport: asyncio.Transport | None = None
         self.deadline: float | None = None        # see smtp.watchdog.Watchdog
@@ -160,6 +169,7 @@ class MilterConnection(asyncio.Protocol):
         self._lost = False
         # the SMTP session
         self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self._client: ClientScreen | None = None
         self._helo: str | None = None
         # the message
         self._tx: Transaction | None = None
@@ -257,12 +267,15 @@ class MilterConnection(asyncio.Protocol):
     def _optneg(self, event: OptNeg) -> None:
         negotiated = self.table.negotiated
         self._leading_space = negotiated.leading_space
-        self._continued = self.table.answered - _SELF_ANSWERED
+        answered = _SELF_ANSWERED | ({RcptTo} if self._screening else set())
+        self._continued = self.table.answered - answered
         self._write(negotiated.reply)
 
     def _connect(self, event: Connect) -> None:
         self._client_ip = event.ip
         self.peer = _text(self.table.macro(b"{daemon_name}")) or self._socket_peer
+        self._end_client()
+        self._client = self.pipeline.client(event.ip, role=self.role)
 
     def _greeting(self, event: Helo) -> None:
         self._end_message()              # a HELO inside a transaction abandons it (RFC 5321)
@@ -274,22 +287,45 @@ class MilterConnection(asyncio.Protocol):
             self._close()                # Postfix applies milter_default_action
             return
         self._end_message()
-        ip = self._client_ip
-        # Vouched for: a client Postfix could not name (no address in CONNECT, as the proxy
-        # treats XFORWARD ADDR=[UNAVAILABLE]) or one that logged in with SASL.
-        facts = SessionFacts(ip or UNKNOWN_CLIENT, self._helo, _text(event.address),
-                             trusted=ip is None or bool(self.table.macro(b"{auth_authen}")),
-                             role=self.role)
+        # A client that logged in with SASL is vouched for; one Postfix could not name (no
+        # address in CONNECT) is verified with what there is (SPF none), never trusted for it.
+        auth_user = _text(self.table.macro(b"{auth_authen}")) or None
+        facts = SessionFacts(self._client_ip, self._helo, _text(event.address),
+                             trusted=auth_user is not None, role=self.role, auth_user=auth_user)
         try:
             self._tx = self.pipeline.begin(facts, arc_seal=self.arc_seal, session=self.id,
-                                           peer=self.peer)
+                                           peer=self.peer, client=self._client)
         except Exception:
             log.exception("milter connection %s: starting the transaction of <%s> failed",
                           self.id, facts.mail_from)      # the end of the message answers
 
     def _recipient(self, event: RcptTo) -> None:
-        if self._tx is not None:
-            self._tx.add_recipient(_text(event.address))
+        tx, address = self._tx, _text(event.address)
+        if not self._screening or RcptTo not in self.table.answered:
+            if tx is not None:
+                tx.add_recipient(address)
+        elif tx is None:                                 # Pipeline.begin failed at MAIL
+            self._write(CONTINUE)
+        else:                                            # the next events wait for the answer
+            self._finishing = asyncio.get_running_loop().create_task(
+                self._answer_recipient(tx, address))
+
+    async def _answer_recipient(self, tx: Transaction, address: str) -> None:
+        """RCPT's answer: SMFIR_CONTINUE, or the early defences' refusal as SMFIR_REPLYCODE
+        (Postfix refuses that recipient with our code and text)."""
+        try:
+            refusal = await tx.recipient(address)
+        except asyncio.CancelledError:                   # drain: Postfix applies default_action
+            self._close()
+            raise
+        finally:
+            self._finishing = None
+        if refusal is None:
+            tx.add_recipient(address)
+            self._write(CONTINUE)
+        else:
+            self._write(reply_code(refusal.code, refusal.text))
+        self._resume()
 
     def _header(self, event: Header) -> None:
         if self._oversize:
@@ -322,7 +358,7 @@ class MilterConnection(asyncio.Protocol):
             tx.abandon()
             refuse = self.limits.oversize == "tempfail" and self.role != "local"
             log.warning("milter connection %s: message %s from %s over %d bytes or %d header "
-                        "fields: %s", self.id, queue_id or NO_QUEUE_ID, tx.facts.client_ip,
+                        "fields: %s", self.id, queue_id or NO_QUEUE_ID, tx.facts.client_text,
                         self.limits.max_message_size, self.limits.max_headers,
                         "tempfailed" if refuse else "accepted unchecked")
             self._write(reply_code(OVERSIZE_REPLY.code, OVERSIZE_REPLY.text) if refuse
@@ -371,7 +407,12 @@ class MilterConnection(asyncio.Protocol):
             await self._done(tx, d.relays, d.reply or POSTFIX_REFUSALS.get(d.action),
                              queue_id, told)
         self._end_message()
+        self._resume()
+
+    def _resume(self) -> None:
+        """After an answer that made the next events wait: on with them."""
         if self._lost:
+            self._end_message()
             self._end_session()
             return
         if self.host.draining and not self.table.state.in_transaction:
@@ -407,7 +448,13 @@ class MilterConnection(asyncio.Protocol):
 
     def _new_session(self, event: QuitNewConnection) -> None:
         self._end_message()
+        self._end_client()
         self._client_ip, self._helo, self.peer = None, None, self._socket_peer
+
+    def _end_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     # -- message and connection ends -------------------------------------------------------
     def _end_message(self) -> None:
@@ -420,6 +467,7 @@ class MilterConnection(asyncio.Protocol):
 
     def _end_session(self) -> None:
         self.deadline = None
+        self._end_client()
         if self._counted:
             self._counted = False
             self.host.session_ended(self)

@@ -285,7 +285,7 @@ def feedback_fields(case: FailureCase, kind: str, *, authserv_id: str,
         fields.append(("Original-Mail-From", _path(facts.mail_from, redactor)))
     fields += [("Original-Rcpt-To", _path(r, redactor)) for r in facts.recipients[:MAX_RCPT_FIELDS]]
     fields += [("Arrival-Date", formatdate(case.arrival, usegmt=True)),
-               ("Source-IP", str(facts.client_ip)),
+               ("Source-IP", facts.client_text),
                ("Reported-Domain", (reported or "").lower()),
                ("Delivery-Result", case.delivery_result)]
     if kind == DMARC:
@@ -318,7 +318,7 @@ def report_message(case: FailureCase, kind: str, *, sender: str, recipient: str,
     msg["From"] = sender
     msg["To"] = recipient
     msg["Date"] = formatdate(now, usegmt=True)
-    msg["Subject"] = f"DMARC failure report for {domain}: {auth_failure} from {case.facts.client_ip}"
+    msg["Subject"] = f"DMARC failure report for {domain}: {auth_failure} from {case.facts.client_text}"
     msg["Message-ID"] = make_msgid(domain=submitter)
     msg["Auto-Submitted"] = "auto-generated"        # RFC 3834: no auto-replies to this
     msg.set_type("multipart/report")
@@ -327,7 +327,7 @@ def report_message(case: FailureCase, kind: str, *, sender: str, recipient: str,
     text = MIMEPart(policy=SMTP_POLICY)
     text.set_content(
         f"This is an authentication failure report (RFC 9991, RFC 6591) for a message\n"
-        f"received from IP {case.facts.client_ip} on {formatdate(case.arrival, usegmt=True)},\n"
+        f"received from IP {case.facts.client_text} on {formatdate(case.arrival, usegmt=True)},\n"
         f"claiming to be from {domain} (Auth-Failure: {auth_failure}).\n"
         + ("Local parts of addresses are redacted; the message body is not included.\n"
            if redactor else "The message body is not included.\n"))

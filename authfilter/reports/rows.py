@@ -146,8 +146,8 @@ def override_reasons(verdict: Verdict, disposition: str, override_reason: str | 
 def row_from_verdict(facts: SessionFacts, verdict: Verdict, disposition: str,
                      override_reason: str | None, *, received: int, discovery: str,
                      with_envelope_to: bool) -> EvaluationRow | None:
-    """The row for one evaluation, or None when there is nothing to report: no DMARC policy
-    applies (result none or permerror, or a temperror before a policy record was read), so no
+    """The row for one evaluation, or None when there is nothing to report: the client's
+    address is unknown, or no DMARC policy applies (result none or permerror, or a temperror before a policy record was read), so no
     report can go anywhere.
 
     A temperror with a policy record (say, an aligned identifier whose check failed for now)
@@ -157,6 +157,8 @@ def row_from_verdict(facts: SessionFacts, verdict: Verdict, disposition: str,
     (A tempfailed message is not recorded at all: the retry is the message that counts.)"""
     dmarc = verdict.dmarc
     if dmarc.result not in _RECORDED or not dmarc.policy_domain or not dmarc.from_domain:
+        return None
+    if facts.client_ip is None:     # RFC 9990's source_ip is required: no row can say who
         return None
     header_from = dmarc.from_domain.rstrip(".").lower()
     org_domain = (dmarc.org_domain or dmarc.policy_domain).rstrip(".").lower()

@@ -45,7 +45,7 @@ class Relay:
         try:
             upstream, reply = await self._pool.begin(xforward, line)
         except UpstreamError as exc:
-            log.warning("upstream unavailable at MAIL from %s: %s", message.facts.client_ip, exc)
+            log.warning("upstream unavailable at MAIL from %s: %s", message.facts.client_text, exc)
             self._metrics.upstream_error("unavailable")
             message.abandon()
             return p.UPSTREAM_UNAVAILABLE
@@ -63,7 +63,10 @@ class Relay:
 
     async def recipient(self, line: bytes, address: str) -> bytes:
         """The client's RCPT ``line`` for ``address``, in an open transaction that is not
-        broken."""
+        broken: refused by the pipeline's early defences, or relayed."""
+        refusal = await self.message.recipient(address)
+        if refusal is not None:
+            return refusal.to_bytes()
         try:
             reply = await self.upstream.command(line)
         except UpstreamError as exc:

@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..results import SessionFacts
 from . import protocol as p
@@ -30,6 +30,9 @@ from .receiver import DataTooBig, LineTooLong, ReceiveBuffer
 from .relay import Relay
 from .state import OUT_OF_ORDER, SessionState
 from .upstream import set_nodelay
+
+if TYPE_CHECKING:
+    from ..pipeline import ClientScreen
 
 log = logging.getLogger("authfilter.proxy")
 
@@ -90,6 +93,7 @@ class SmtpSession(asyncio.Protocol):
         self._phase_deadline = 0.0                # the DATA phase's end, however bytes trickle
         self.state = SessionState()
         self.relay = Relay(self.state, self.rt.pool(listener_index), self.rt.metrics)
+        self.client: ClientScreen | None = None   # the client checks of the SMTP client
         self.errors = 0
         self.idle = False            # waiting for a command outside a transaction (drain)
         self.closing = False
@@ -204,6 +208,8 @@ class SmtpSession(asyncio.Protocol):
             if refusal is not None:
                 self.write(refusal)
                 return
+            if not self.xforward_allowed:       # else the client is XFORWARD's, later
+                self._screen(self.peer_ip, None)
             self.write(f"220 {self.rt.hostname} ESMTP authfilter\r\n".encode())
             await self._command_loop()
         except ClientGone:
@@ -219,6 +225,8 @@ class SmtpSession(asyncio.Protocol):
             self.write(b"421 4.3.0 Internal error, closing connection\r\n")
         finally:
             await self.relay.end(RESET)
+            if self.client is not None:
+                self.client.close()
             if self.transport is not None:
                 self.transport.close()
             self.host.session_ended(self)
@@ -274,17 +282,23 @@ class SmtpSession(asyncio.Protocol):
     # -- who the client is -------------------------------------------------------------------
     def facts(self, mail_from: str) -> SessionFacts:
         """The client as the checks see it: XFORWARD's (never mixed with ours, XFORWARD_README
-        note 4) or the connection's.  ADDR=[UNAVAILABLE]: Postfix could not name the client,
-        which it does for a forwarded local submission (vouched for, as before: issue 15)."""
+        note 4) or the connection's.  An XFORWARD ADDR that is missing, [UNAVAILABLE] or not
+        an address leaves the client unknown: verified with what there is, never trusted."""
         role, state = self.listener.role, self.state
         if state.xforward is not None:
-            ip = state.xforward_ip
-            if ip is None:
-                return SessionFacts(self.peer_ip, None, mail_from, trusted=True, role=role)
-            helo = state.xforward.get("HELO") or None
+            ip, helo = state.xforward_ip, state.xforward.get("HELO") or None
         else:
             ip, helo = self.peer_ip, state.helo_name
         return SessionFacts(ip, helo, mail_from, role=role)
+
+    def _screen(self, ip: "ipaddress.IPv4Address | ipaddress.IPv6Address | None",
+                helo: str | None) -> None:
+        """Start the client checks of a newly known client (at connect, or at XFORWARD)."""
+        if self.client is not None:
+            if self.client.ip == ip:
+                return
+            self.client.close()
+        self.client = self.rt.pipeline.client(ip, role=self.listener.role, helo=helo)
 
     def upstream_xforward(self) -> dict[str, str | None]:
         """What the upstream should log as the client: the forwarded attributes, or ours."""
@@ -343,7 +357,7 @@ class SmtpSession(asyncio.Protocol):
             return
         # SPF starts here: its DNS overlaps RCPT and DATA
         message = self.rt.pipeline.begin(self.facts(path.address), arc_seal=self.listener.arc_seal,
-                                         session=self.id, peer=self.peer[0])
+                                         session=self.id, peer=self.peer[0], client=self.client)
         self.write(await self.relay.mail(message, self.upstream_xforward(), b"MAIL " + arg + p.CRLF))
 
     async def smtp_rcpt(self, arg: bytes) -> None:
@@ -426,6 +440,8 @@ class SmtpSession(asyncio.Protocol):
             self._error(problem.reply)
             return
         self.state.forwarded(attributes)
+        if self.state.xforward_ip is not None:
+            self._screen(self.state.xforward_ip, self.state.xforward.get("HELO") or None)
         self.write(p.OK)
 
     async def smtp_starttls(self, arg: bytes) -> None:

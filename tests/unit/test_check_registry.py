@@ -22,6 +22,7 @@ from authfilter.checks.arc import ArcCheck
 from authfilter.checks.base import DependentCheck, EnvelopeCheck, summary_line
 from authfilter.checks.dkim import DkimCheck
 from authfilter.checks.dmarc import DmarcCheck
+from authfilter.checks.iprev import IprevCheck
 from authfilter.checks.spf import SpfCheck
 from authfilter.commands.check import summary
 from authfilter.config import Config
@@ -35,10 +36,12 @@ from authfilter.results import SessionFacts
 FACTS = SessionFacts.create("192.0.2.10", helo="mail.example.org", mail_from="alice@example.org")
 ZONE = {("example.org", "TXT"): ["v=spf1 ip4:192.0.2.10 -all"],
         ("_dmarc.example.org", "TXT"): ["v=DMARC1; p=reject"],
-        ("10.2.0.192.in-addr.arpa", "PTR"): ["mail.example.org"]}
+        ("10.2.0.192.in-addr.arpa", "PTR"): ["mail.example.org"],
+        ("mail.example.org", "A"): ["192.0.2.10"]}
 MESSAGE = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hi\r\n"
            b"Message-ID: <1@example.org>\r\n\r\nHello.\r\n")
-BUILT_IN_METHODS = ["spf", "dkim", "arc", "dmarc"]
+ALL_BUILT_IN = ["iprev", "spf", "helo_spf", "dkim", "arc", "dmarc", "dnsbl", "dnsbl_domain"]
+BUILT_IN_METHODS = ["iprev", "spf", "dkim", "arc", "dmarc"]    # the blocklists are off
 
 
 # -- toy checks ------------------------------------------------------------------------------
@@ -135,10 +138,11 @@ def methods(header: str) -> list[str]:
 
 # -- the registry ----------------------------------------------------------------------------
 def test_the_built_in_checks_run_in_header_order():
-    assert [c.name for c in REGISTRY] == ["spf", "helo_spf", "dkim", "arc", "dmarc"]
+    assert [c.name for c in REGISTRY] == ALL_BUILT_IN
+    assert [c.name for c in REGISTRY.client] == ["iprev", "dnsbl"]
     assert [c.name for c in REGISTRY.envelope] == ["spf", "helo_spf"]
     assert [c.name for c in REGISTRY.content] == ["dkim", "arc"]
-    assert [c.name for c in REGISTRY.dependent] == ["dmarc"]
+    assert [c.name for c in REGISTRY.dependent] == ["dmarc", "dnsbl_domain"]
 
 
 def test_a_check_comes_after_what_it_requires():
@@ -174,6 +178,8 @@ def test_content_checks_pickle_for_the_worker_process():
 
 # -- containment -----------------------------------------------------------------------------
 BROKEN = {
+    "iprev evaluate": (IprevCheck, "evaluate", boom),
+    "iprev evaluate, awaited": (IprevCheck, "evaluate", boom_later),
     "spf evaluate": (SpfCheck, "evaluate", boom),
     "spf evaluate, awaited": (SpfCheck, "evaluate", boom_later),
     "dkim dns_names": (DkimCheck, "dns_names", boom),
@@ -202,7 +208,7 @@ def test_a_check_that_raises_gets_its_temperror_and_the_others_still_run(case, c
     assert failed.result == ("fail" if name == "arc" else "temperror")     # RFC 8617: no temperror
     assert f"internal error in {name} check: RuntimeError: boom" in failed.reason
     assert f"the {name} check failed" in caplog.text and "RuntimeError: boom" in caplog.text
-    others = {"spf": "pass", "arc": "none", "dmarc": "pass"}
+    others = {"iprev": "pass", "spf": "pass", "arc": "none", "dmarc": "pass"}
     for other, word in others.items():
         if other != name and not (name == "spf" and other == "dmarc"):   # DMARC needs SPF
             assert verdict.result(other).result == word, other
@@ -230,7 +236,8 @@ def test_each_check_is_timed_and_the_times_reach_the_metrics():
     with registered(ToyCheck()):
         verdict = verdict_of()
         metrics_made_after = Metrics()
-    assert set(verdict.seconds) == {"spf", "dkim", "arc", "dmarc", "toy"}   # helo_spf is off
+    assert set(verdict.seconds) == {"iprev", "spf", "dkim", "arc", "dmarc", "toy"}   # helo_spf,
+    # dnsbl and dnsbl_domain are off
     assert verdict.seconds["toy"] >= 0.02
     for metrics in (metrics_made_before, metrics_made_after):
         metrics.message_done(verdict, "accept", {"total": 0.03})
@@ -261,11 +268,11 @@ def test_a_registered_check_appears_in_every_output():
     assert list(record)[list(record).index("from_domain") + 1] == "toy" and record["toy"] == "pass"
 
     as_json = verdict.to_dict()
-    assert list(as_json) == ["spf", "helo_spf", "dkim", "arc", "dmarc", "toy", "errors"]
+    assert list(as_json) == [*ALL_BUILT_IN, "toy", "errors"]
     assert as_json["toy"] == {"result": "pass", "reason": "PTR ok"}
     assert {k: v for k, v in as_json.items() if k != "toy"} == before.to_dict()
 
     assert metrics.registry.get_sample_value("authfilter_results_total",
                                              {"method": "toy", "result": "pass"}) == 1
     assert summary(verdict).splitlines()[-1] == "TOY    pass      PTR ok"
-    assert [c.name for c in REGISTRY] == ["spf", "helo_spf", "dkim", "arc", "dmarc"]
+    assert [c.name for c in REGISTRY] == ALL_BUILT_IN

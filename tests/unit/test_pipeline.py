@@ -55,7 +55,9 @@ def dns_record(rsa_private):
 
 def zone(dmarc: str = "v=DMARC1; p=reject", changes: dict | None = None) -> dict:
     records = {("example.org", "TXT"): [f"v=spf1 ip4:{CLIENT} -all"],
-               ("_dmarc.example.org", "TXT"): [dmarc] if dmarc else "nxdomain"}
+               ("_dmarc.example.org", "TXT"): [dmarc] if dmarc else "nxdomain",
+               ("10.2.0.192.in-addr.arpa", "PTR"): ["mail.example.org"],     # iprev passes
+               ("mail.example.org", "A"): [CLIENT]}
     records.update(changes or {})
     return records
 
@@ -96,7 +98,8 @@ def test_aligned_spf_pass_is_accepted_with_our_results_on_top():
     assert (d.action, d.reply, d.remove) == ("accept", None, ())
     assert [n for n, _ in d.prepend] == ["Authentication-Results"]
     assert results_of(d).authserv_id == AUTHSERV
-    assert result_words(d) == {"spf": "pass", "dkim": "none", "arc": "none", "dmarc": "pass"}
+    assert result_words(d) == {"iprev": "pass", "spf": "pass", "dkim": "none", "arc": "none",
+                               "dmarc": "pass"}
 
 
 def test_dmarc_fail_under_p_reject_is_refused_with_550():
