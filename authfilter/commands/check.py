@@ -16,8 +16,10 @@ from .common import add_config_argument, load_config_or_exit, read_message
 
 def register(sub) -> None:
     p = sub.add_parser("check", help="verify a saved message and print the verdict",
-                       description="Run SPF, DKIM, ARC and DMARC on a message as the filter "
-                                   "would, and print our Authentication-Results header.")
+                       description="Run iprev, SPF, DKIM, ARC, DMARC and the DNS blocklists on a "
+                                   "message as the filter would, and print our "
+                                   "Authentication-Results header (rate limits are not "
+                                   "checked).")
     add_config_argument(p)
     p.add_argument("--dns", metavar="HOST[:PORT]", action="append",
                    help="nameserver to use instead of the configured ones (repeatable)")

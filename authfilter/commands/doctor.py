@@ -1,4 +1,5 @@
 """``authfilter doctor DOMAIN``: is this domain's published mail authentication right?
+(``authfilter doctor IP``: :mod:`.doctor_ip`.)
 
 It reads what receivers read (every lookup through our :class:`~authfilter.dns.Resolver`, so
 ``--dns`` and the config's nameservers apply and a dead server is one clear line) and prints
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import re
 import sys
@@ -44,10 +46,13 @@ SPF_FOLLOW_LIMIT = 40       # records fetched at most; far past the limit the co
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="check a domain's SPF, DMARC, report and DKIM records",
-                       description="Check what a domain publishes for mail authentication and "
-                                   "say what to fix.  Exit status 1 when something is broken.")
-    p.add_argument("domain", help="the domain to check, e.g. example.com")
+    p = sub.add_parser("doctor", help="check a domain's SPF, DMARC, report and DKIM records, or "
+                                      "an IP address's reverse DNS and blocklistings",
+                       description="Check what a domain publishes for mail authentication, or "
+                                   "how receivers see a sending IP address (iprev, the "
+                                   "configured DNS blocklists), and say what to fix.  Exit "
+                                   "status 1 when something is broken.")
+    p.add_argument("domain", help="the domain to check, e.g. example.com, or an IP address")
     add_config_argument(p)
     p.add_argument("--dns", metavar="HOST[:PORT]", action="append",
                    help="nameserver to ask instead of the configured ones (repeatable)")
@@ -62,7 +67,7 @@ def register(sub) -> None:
 @dataclass(frozen=True)
 class Finding:
     level: str              # ok | warn | fail
-    area: str               # dns | spf | dmarc | reports | dkim
+    area: str               # dns | spf | dmarc | reports | dkim | iprev | dnsbl
     message: str
     fix: str | None = None
 
@@ -94,10 +99,14 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config_or_exit(args.config)
     try:
-        domain = normalize_domain(args.domain)
+        ip = ipaddress.ip_address(args.domain.strip().strip("[]"))
+    except ValueError:
+        ip = None
+    try:
+        domain = str(ip) if ip is not None else normalize_domain(args.domain)
     except AddressError as exc:
         return _usage_error(str(exc))
-    if "." not in domain:
+    if ip is None and "." not in domain:
         return _usage_error(f"{domain!r} is a top-level domain; give the mail domain")
     try:
         for server in args.dns or ():
@@ -113,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
     lifetime = args.timeout or config.dns.lifetime
     resolver = Resolver(args.dns or config.dns.nameservers, timeout=min(config.dns.timeout, lifetime),
                         lifetime=lifetime)
-    findings = asyncio.run(diagnose(domain, resolver, selectors))
+    if ip is not None:
+        from .doctor_ip import diagnose_ip
+        findings = asyncio.run(diagnose_ip(ip, resolver, config))
+    else:
+        findings = asyncio.run(diagnose(domain, resolver, selectors))
     failed = any(f.level == FAIL for f in findings)
     if args.json:
         json.dump({"domain": domain, "nameservers": resolver.nameservers, "ok": not failed,

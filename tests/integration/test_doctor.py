@@ -266,3 +266,28 @@ def test_usage_errors_exit_2_with_one_clear_message(args, expected, capsys):
         code = exc.code
     assert code == 2
     assert expected in capsys.readouterr().err
+
+
+# -- an IP address: iprev and the configured DNS blocklists -----------------------------------
+def test_doctor_on_an_ip_says_where_it_is_listed(zone, tmp_path):
+    config = tmp_path / "authfilter.toml"
+    config.write_text('[[dnsbl.lists]]\nzone = "bl.test"\n'
+                      '[[dnsbl.lists]]\nzone = "refusing.test"\n'
+                      '[[dnsbl.lists]]\nzone = "clean.test"\n')
+    zone.add("5.2.0.192.in-addr.arpa", "PTR", "mail.example.org.")
+    zone.add("mail.example.org", "A", "192.0.2.5")
+    zone.add("5.2.0.192.bl.test", "A", "127.0.0.2")
+    zone.add("5.2.0.192.refusing.test", "A", "127.255.255.254")
+    code, report = doctor(zone, "192.0.2.5", "--config", str(config))
+    assert code == 1
+    assert levels(report, "iprev") == ["ok"] and "mail.example.org" in messages(report, "ok", "iprev")
+    assert "listed by bl.test (127.0.0.2" in messages(report, "fail", "dnsbl")
+    assert "127.255.255.254" in messages(report, "warn", "dnsbl")
+    assert "not listed by clean.test" in messages(report, "ok", "dnsbl")
+
+
+def test_doctor_on_an_ip_without_reverse_dns_or_lists_warns(zone):
+    code, report = doctor(zone, "192.0.2.6")
+    assert code == 0
+    assert "no PTR record" in messages(report, "warn", "iprev")
+    assert "no DNS blocklists are configured" in messages(report, "warn", "dnsbl")

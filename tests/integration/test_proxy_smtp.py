@@ -222,7 +222,10 @@ def test_xforward_gives_the_real_client_and_is_passed_on_then_reset(zone, start_
     assert sink.messages[-1].xforward["ADDR"] == "127.0.0.1"
 
 
-def test_xforward_unavailable_marks_a_local_submission(zone, start_proxy):
+def test_xforward_unavailable_is_an_unknown_client_verified_never_trusted(zone, start_proxy):
+    """Postfix sends ADDR=[UNAVAILABLE] when it cannot name the client: the message is
+    verified with what there is (SPF none: no address to judge; DKIM and DMARC as usual)."""
+    publish_domain(zone, "example.org")
     proxy = start_proxy()
     d = Dialog(proxy.port)
     d.cmd(b"EHLO postfix.example")
@@ -232,10 +235,19 @@ def test_xforward_unavailable_marks_a_local_submission(zone, start_proxy):
     d.cmd(b"MAIL FROM:<alice@example.org>")
     d.cmd(b"RCPT TO:<bob@example.net>")
     d.cmd(b"DATA")
-    d.sock.sendall(message() + b".\r\n")
+    d.sock.sendall(signed(message()) + b".\r\n")
     assert d.reply().startswith(b"250")
     facts, verdict, action, _, _ = proxy.observed[-1]
-    assert facts.trusted and verdict is None and action.kind == "accept"
+    assert facts.client_ip is None and not facts.trusted
+    assert verdict.spf.result == "none" and verdict.result("iprev") is None
+    assert verdict.dmarc.result == "pass" and action.kind == "accept"    # aligned DKIM
+    # unsigned, the same spoof under p=reject is refused: an unknown client earns nothing
+    d.cmd(b"XFORWARD ADDR=[UNAVAILABLE]")
+    d.cmd(b"MAIL FROM:<alice@example.org>")
+    d.cmd(b"RCPT TO:<bob@example.net>")
+    d.cmd(b"DATA")
+    d.sock.sendall(message() + b".\r\n")
+    assert d.reply().startswith(b"550 5.7.26")
 
 
 def test_xforward_only_for_trusted_peers(start_proxy):
