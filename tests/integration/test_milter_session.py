@@ -21,7 +21,8 @@ from authfilter.config import Config, SigningKeyConfig
 from authfilter.dns import Resolver
 from authfilter.metrics import Metrics
 from authfilter.message import render_fields
-from authfilter.milter.codec import (MAX_PACKET, SMFIC_BODY, SMFIC_BODYEOB, SMFIC_EOH,
+from authfilter.milter.codec import (MAX_PACKET, SMFIA_UNKNOWN, SMFIC_BODY, SMFIC_BODYEOB,
+                                     SMFIC_CONNECT, SMFIC_EOH,
                                      SMFIC_HEADER, SMFIC_HELO, SMFIC_MAIL, SMFIC_RCPT,
                                      SMFIR_ACCEPT, SMFIR_CHGHEADER, SMFIR_INSHEADER,
                                      SMFIR_REPLYCODE)
@@ -243,6 +244,23 @@ def test_sasl_authenticated_clients_are_vouched_for(zone, start_milter):
     outcome = send(milter, message(from_addr="ceo@example.org"), mail_from="x@elsewhere.test",
                    ip=b"192.0.2.99", macros={b"{auth_authen}": b"ceo"})
     assert outcome.final == SMFIR_ACCEPT and milter.events(1)[-1].facts.trusted
+
+
+def test_a_client_without_an_address_is_verified_not_trusted(zone, start_milter):
+    """CONNECT with family U (Postfix could not name the client): SPF none, DMARC decides."""
+    publish_domain(zone, "example.org")
+    milter = start_milter()
+    with MilterClient(milter.address, macros=MACROS) as client:
+        client.negotiate()
+        client.step(client.mta.event(SMFIC_CONNECT, raw=b"localhost\0" + SMFIA_UNKNOWN))
+        client.helo(b"client.example")
+        outcome = client.message(message(from_addr="ceo@example.org"), b"<x@example.org>",
+                                 [b"<bob@example.net>"])
+        client.quit()
+    assert outcome.final == SMFIR_REPLYCODE and outcome.reply.startswith(b"550 5.7.26")
+    facts = milter.events(1)[-1].facts
+    assert facts.client_ip is None and not facts.trusted
+    assert milter.events(1)[-1].verdict.spf.result == "none"
 
 
 # -- signing roles -------------------------------------------------------------------------
