@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 
 from authfilter.checks import REGISTRY
 from authfilter.dns import Resolver
-from authfilter.metrics import ACTIONS, RESULT_WORDS, UPSTREAM_ERRORS, Metrics
+from authfilter.metrics import ACTIONS, DEFENCES, RESULT_WORDS, UPSTREAM_ERRORS, Metrics
 from tests.scrape import samples
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "authfilter-dashboard.json"
@@ -64,7 +64,8 @@ def test_each_line_of_the_labelled_panels_is_there_at_zero_before_any_message(da
     exprs = " ".join(expressions(dashboard))
     labelled = {"authfilter_messages_total": ("action", ACTIONS),
                 "authfilter_upstream_errors_total": ("kind", UPSTREAM_ERRORS),
-                "authfilter_worker_restarts_total": ("worker", ("0",))}
+                "authfilter_worker_restarts_total": ("worker", ("0",)),
+                "authfilter_rcpt_refused_total": ("defence", DEFENCES)}
     for name, (label, values) in labelled.items():
         assert name in exprs
         for value in values:
