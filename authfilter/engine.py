@@ -165,10 +165,12 @@ class Engine:
                               self.config, deadline)
             if awaitable is not None:
                 runs.append(_stage(check, awaitable, facts, found, final=True))
-        if len(runs) == 1:          # the usual case: no task for gather
-            await runs[0]
-        elif runs:
-            await asyncio.gather(*runs)
+        # all at once; the last one in this task (a task less than gather would make)
+        others = [asyncio.ensure_future(run) for run in runs[:-1]]
+        if runs:
+            await runs[-1]
+        for other in others:
+            await other
         return found
 
     # -- the whole message ------------------------------------------------------------------

@@ -145,10 +145,14 @@ def _in_ranges(address: str, ranges: tuple[tuple[int, int], ...]) -> bool:
 
 async def _ask_all(resolver: Resolver, questions: list[tuple[DnsblListConfig, str, str, str]],
                    deadline: float) -> DnsblResult:
-    """``questions``: (list, identity, what is asked about, query name), asked at once."""
-    answers = await asyncio.gather(*(
-        _ask(resolver, entry, _ranges(entry), identity, queried, name, deadline)
-        for entry, identity, queried, name in questions))
+    """``questions``: (list, identity, what is asked about, query name), asked at once (from
+    the cache, one after the other: no task per list)."""
+    asks = [_ask(resolver, entry, _ranges(entry), identity, queried, name, deadline)
+            for entry, identity, queried, name in questions]
+    if all(resolver.peek(question[3], "A") is not None for question in questions):
+        answers = [await ask for ask in asks]
+    else:
+        answers = await asyncio.gather(*asks)
     listings = [a for a in answers if isinstance(a, Listing)]
     errors = [a for a in answers if isinstance(a, str)]
     return _result_of(listings, errors)
