@@ -96,7 +96,10 @@ def _bind_unix(path: str, mode: int, group: str | None) -> socket.socket:
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        try:
+            sock.bind(path)
+        except OSError as exc:          # e.g. no /run/authfilter outside systemd: say where
+            raise OSError(exc.errno, f"{UNIX_PREFIX}{path}: {exc.strerror}") from None
         # Not listening yet, so nobody can connect while the mode is still the umask's.
         os.chmod(path, mode)
         if gid != -1:

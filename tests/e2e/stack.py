@@ -4,10 +4,18 @@
     client --> Postfix smtpd (front, smtpd_proxy_filter) --> authfilter serve
            --> Postfix smtpd (reinjection, XFORWARD) --> queue --> smtp --> SmtpSink
 
+or, as a milter (:class:`MilterPostfix`, from the ``*.milter`` files):
+
+    client --> Postfix smtpd (front or submission) --> queue --> smtp --> SmtpSink
+    sendmail(1) --> postdrop --> pickup --> cleanup --> queue       (both: smtpd_milters /
+                                                                     non_smtpd_milters on
+                                                                     authfilter's sockets)
+
 Every process started here is stopped by its PID (never by name); Postfix by ``postfix stop``.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,12 +23,15 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRIB = ROOT / "contrib" / "postfix"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
+SENDMAIL = shutil.which("sendmail") or "/usr/sbin/sendmail"
+SOCKET_DIR = "/run/authfilter"             # where the contrib files put authfilter's sockets
 
 POSTFIX_DAEMONS = """\
 pickup    unix  n       -       n       60      1       pickup
@@ -71,6 +82,8 @@ def wait_port(port: int, *, up: bool, timeout: float = 20.0) -> bool:
 class Postfix:
     """A private Postfix instance (``postfix -c DIR``) with the README's master.cf services."""
 
+    MAIN_CF = "main.cf"
+
     def __init__(self, base: Path, *, front_port: int, proxy_port: int, reinject_port: int,
                  relay_port: int, submission_port: int, submission_proxy_port: int) -> None:
         self.base = base
@@ -87,13 +100,8 @@ class Postfix:
         text = text.replace("\nsmtp      inet", f"\n127.0.0.1:{self.front_port} inet")
         text = text.replace("127.0.0.1:10025", f"127.0.0.1:{self.proxy_port}")
         text = text.replace("127.0.0.1:10026", f"127.0.0.1:{self.reinject_port}")
-        # Submission: the one departure from the README's snippet.  The tests have no SASL
-        # server, so "authenticated" is "from mynetworks" and TLS is not required.
-        text = text.replace("\nsubmission inet", f"\n127.0.0.1:{self.submission_port} inet")
         text = text.replace("127.0.0.1:10027", f"127.0.0.1:{self.submission_proxy_port}")
-        text = text.replace("  -o smtpd_tls_security_level=encrypt\n  -o smtpd_sasl_auth_enable=yes\n",
-                            "  -o smtpd_tls_security_level=none\n")
-        text = text.replace("permit_sasl_authenticated,reject", "permit_mynetworks,reject")
+        text = self._test_submission(text)
         if not reinjection:                       # the upstream "stopped": service commented out
             lines, in_service = [], False
             for line in text.split("\n"):
@@ -105,11 +113,23 @@ class Postfix:
             text = "\n".join(lines)
         return text + POSTFIX_DAEMONS
 
+    def _test_submission(self, text: str) -> str:
+        """The submission service on this instance's port.  The one departure from the
+        README's snippets: the tests have no SASL server, so "authenticated" is "from
+        mynetworks" and TLS is not required."""
+        text = text.replace("\nsubmission inet", f"\n127.0.0.1:{self.submission_port} inet")
+        text = text.replace("  -o smtpd_tls_security_level=encrypt\n  -o smtpd_sasl_auth_enable=yes\n",
+                            "  -o smtpd_tls_security_level=none\n")
+        return text.replace("permit_sasl_authenticated,reject", "permit_mynetworks,reject")
+
+    def contrib_main_cf(self) -> str:
+        return (CONTRIB / self.MAIN_CF).read_text()
+
     def write_config(self) -> None:
         for d in (self.etc, self.queue, self.base / "data"):
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.base / "data", "postfix", "postfix")
-        main = (CONTRIB / "main.cf").read_text() + f"""
+        main = self.contrib_main_cf() + f"""
 compatibility_level = 3.6
 queue_directory = {self.queue}
 data_directory = {self.base / 'data'}
@@ -178,6 +198,71 @@ smtputf8_enable = no
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class MilterPostfix(Postfix):
+    """A private Postfix wired to authfilter as a milter exactly as contrib/postfix/
+    main.cf.milter and master.cf.milter say, with authfilter's sockets in ``socket_dir``
+    instead of /run/authfilter: the public smtpd on ``front_port`` (smtpd_milters), the
+    submission service on ``submission_port``, sendmail(1) through non_smtpd_milters."""
+
+    MAIN_CF = "main.cf.milter"
+
+    def __init__(self, base: Path, *, front_port: int, submission_port: int, relay_port: int,
+                 socket_dir: Path) -> None:
+        super().__init__(base, front_port=front_port, proxy_port=0, reinject_port=0,
+                         relay_port=relay_port, submission_port=submission_port,
+                         submission_proxy_port=0)
+        self.socket_dir = socket_dir
+
+    def contrib_main_cf(self) -> str:
+        return sockets_in(super().contrib_main_cf(), self.socket_dir)
+
+    def master_cf(self, *, reinjection: bool = True) -> str:
+        text = sockets_in((CONTRIB / "master.cf.milter").read_text(), self.socket_dir)
+        text = text.replace("\nsmtp      inet", f"\n127.0.0.1:{self.front_port} inet")
+        text = self._test_submission(text)
+        return text + daemons_not_in(text)
+
+    def sendmail(self, raw: bytes, mail_from: str, recipients: list[str]) -> None:
+        """``sendmail -C <this instance> -f mail_from recipients < raw``, as cron would (Postfix's
+        sendmail(1): postdrop -> maildrop queue -> pickup -> cleanup with non_smtpd_milters)."""
+        local = raw.replace(b"\r\n", b"\n")       # a local program writes UNIX line ends
+        result = subprocess.run([SENDMAIL, "-C", str(self.etc), "-i", "-f", mail_from, "--",
+                                 *recipients], input=local, capture_output=True, timeout=30)
+        if result.returncode != 0:
+            raise RuntimeError(f"sendmail exited {result.returncode}: "
+                               f"{result.stderr.decode(errors='replace')}")
+
+
+def sockets_in(text: str, socket_dir: Path) -> str:
+    """``text`` (a contrib file) with authfilter's sockets in ``socket_dir``."""
+    return text.replace(SOCKET_DIR + "/", f"{socket_dir}/")
+
+
+def daemons_not_in(master_cf: str) -> str:
+    """The lines of :data:`POSTFIX_DAEMONS` for services that ``master_cf`` does not define."""
+    def service(line: str) -> str:
+        return line.split()[0] if line.strip() and not line.startswith(("#", " ", "\t")) else ""
+    defined = {service(line) for line in master_cf.splitlines()} - {""}
+    return "".join(line + "\n" for line in POSTFIX_DAEMONS.splitlines()
+                   if service(line) not in defined)
+
+
+def contrib_milter_listeners(socket_dir: Path) -> str:
+    """The ``[[milter.listeners]]`` tables of contrib/authfilter.toml (what the ``*.milter``
+    files connect to), with their sockets in ``socket_dir``: TOML to end a test's config with."""
+    tables = tomllib.loads((ROOT / "contrib" / "authfilter.toml").read_text())["milter"]["listeners"]
+    lines = []
+    for table in tables:
+        lines.append("[[milter.listeners]]")
+        for key, value in table.items():
+            if isinstance(value, str):
+                value = json.dumps(sockets_in(value, socket_dir))
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
 
 
 class Authfilter:

@@ -1,18 +1,30 @@
-"""End to end with a real Postfix wired to authfilter as a milter, as the README's "Milter
-wiring" says:  smtplib (from 127.0.0.5) -> Postfix smtpd with smtpd_milters = unix socket of
-`authfilter serve` (2 workers) -> queue -> Postfix smtp -> SmtpSink.
+"""End to end with a real Postfix wired to authfilter as a milter exactly as
+contrib/postfix/main.cf.milter, master.cf.milter and the [[milter.listeners]] of
+contrib/authfilter.toml say (sockets in a temporary directory instead of /run/authfilter):
+
+    smtplib (from 127.0.0.5) -> Postfix smtpd, smtpd_milters = milter.sock (inbound)
+    smtplib -> Postfix submission smtpd, -o smtpd_milters = submission.sock (submission)
+    sendmail(1) -> postdrop -> pickup -> cleanup, non_smtpd_milters = local.sock (local)
+        ... -> queue -> Postfix smtp -> SmtpSink
+
+with `authfilter serve` (2 workers) on the three sockets.  DNS comes from the loopback test
+server (not reset between the tests of this module: each test uses its own domains).
 """
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import tempfile
 from pathlib import Path
 
+import dkim
 import pytest
 
-from tests.e2e.stack import POSTFIX_DAEMONS, Authfilter, Postfix, delivered, postfix_unusable
-from tests.mailtools import header_fields, message, publish_domain, signed
+from tests.dnsserver import dkimpy_dnsfunc
+from tests.e2e.stack import (Authfilter, MilterPostfix, contrib_milter_listeners, delivered,
+                             postfix_unusable)
+from tests.mailtools import dkim_key, header_fields, message, publish_domain, signed
 from tests.smtpsink import SmtpSink
 from tests.support import free_port, wait_for
 
@@ -21,37 +33,22 @@ pytestmark = pytest.mark.skipif(postfix_unusable() is not None,
 
 CLIENT_IP = "127.0.0.5"
 AUTHSERV_ID = "mx.e2e.test"
-
-
-class MilterPostfix(Postfix):
-    """The public smtpd with authfilter in smtpd_milters, no before-queue proxy."""
-
-    def __init__(self, base: Path, *, front_port: int, relay_port: int, socket: Path) -> None:
-        super().__init__(base, front_port=front_port, proxy_port=free_port(),
-                         reinject_port=free_port(), relay_port=relay_port,
-                         submission_port=free_port(), submission_proxy_port=free_port())
-        self.socket = socket
-
-    def master_cf(self, *, reinjection: bool = True) -> str:
-        return (f"127.0.0.1:{self.front_port} inet n - n - 100 smtpd\n"
-                f"  -o {{ smtpd_milters = {{ unix:{self.socket}, default_action=tempfail }} }}\n"
-                + POSTFIX_DAEMONS)
-
-    def write_config(self) -> None:
-        super().write_config()
-        with (self.etc / "main.cf").open("a") as main:
-            main.write("milter_protocol = 6\n")
+SIGNING_DOMAIN = "msign.e2e.example"       # the signing table's one domain
+SIGNING_KEY = dkim_key()
 
 
 @pytest.fixture(scope="module")
 def stack(dns_server):
     base = Path(tempfile.mkdtemp(prefix="authfilter-e2e-milter-"))
-    base.chmod(0o755)                 # Postfix's smtpd (user postfix) reaches the socket here
+    base.chmod(0o755)                 # Postfix's smtpd and cleanup (user postfix) reach the sockets here
     sink = SmtpSink().start()
-    socket = base / "milter.sock"
-    postfix = MilterPostfix(base / "postfix", front_port=free_port(), relay_port=sink.port,
-                            socket=socket)
-    proxy_port = free_port()
+    postfix = MilterPostfix(base / "postfix", front_port=free_port(),
+                            submission_port=free_port(), relay_port=sink.port, socket_dir=base)
+    proxy_port = free_port()          # only so that the test knows when serve is up
+    key_file = base / f"{SIGNING_DOMAIN}.s1.key"
+    key_file.write_bytes(SIGNING_KEY.private_pem)
+    key_file.chmod(0o600)
+    dns_server.add(f"s1._domainkey.{SIGNING_DOMAIN}", "TXT", SIGNING_KEY.record)
     config = base / "authfilter.toml"
     config.write_text(f"""
 [general]
@@ -66,13 +63,16 @@ offload_workers = 0
 upstream = "127.0.0.1:{free_port()}"
 [[proxy.listeners]]
 address = "127.0.0.1:{proxy_port}"
-[[milter.listeners]]
-address = "unix:{socket}"
+[[signing.keys]]
+from_domains = ["{SIGNING_DOMAIN}"]
+domain = "{SIGNING_DOMAIN}"
+selector = "s1"
+key_file = "{key_file}"
 [reports]
 store = "sqlite:///{base}/reports.sqlite"
 [policy]
 trusted_networks = []
-""")
+""" + contrib_milter_listeners(base))
     authfilter = Authfilter(config, proxy_port, base / "authfilter.log")
     try:
         authfilter.start()
@@ -150,10 +150,12 @@ def test_two_messages_in_one_session_get_their_own_verdicts(stack, dns_server):
     assert not delivered(sink, "<m5@e2e>")
 
 
-def test_authfilter_down_means_4xx_and_the_sender_keeps_the_mail(stack, dns_server):
+def test_authfilter_down_means_4xx_at_smtp_and_local_mail_leaving_unsigned(stack, dns_server):
+    """main.cf.milter's default actions: tempfail for SMTP clients (they keep the mail),
+    accept for sendmail(1) (cron mail is not held back by the filter that signs it)."""
     publish_domain(dns_server, "m6.e2e.example",
                    spf="v=spf1 ip4:127.0.0.5 -all", dmarc="v=DMARC1; p=reject")
-    _, authfilter, _ = stack
+    postfix, authfilter, sink = stack
     authfilter.stop()
     try:
         with pytest.raises(smtplib.SMTPException) as deferred:
@@ -162,5 +164,90 @@ def test_authfilter_down_means_4xx_and_the_sender_keeps_the_mail(stack, dns_serv
         code = getattr(deferred.value, "smtp_code", None) or \
             min(c for c, _ in deferred.value.recipients.values())
         assert 400 <= code < 500
+        postfix.sendmail(message(from_addr=f"alice@{SIGNING_DOMAIN}", message_id="<l6@e2e>"),
+                         f"alice@{SIGNING_DOMAIN}", ["bob@e2e-remote.example"])
+        assert wait_for(lambda: delivered(sink, "<l6@e2e>")), postfix.log_text()[-3000:]
+        assert b"DKIM-Signature:" not in delivered(sink, "<l6@e2e>")[0].content
     finally:
         authfilter.start()
+
+
+def dkimpy_verifies(content: bytes, dns_server) -> bool:
+    """dkimpy's verdict on the first DKIM-Signature, the key from the loopback DNS server."""
+    return dkim.verify(content, dnsfunc=dkimpy_dnsfunc(dns_server.address))
+
+
+def test_sendmail_mail_of_a_signing_table_domain_leaves_signed(stack, dns_server):
+    """sendmail(1) -> non_smtpd_milters -> the local role: signed above Postfix's Received:,
+    and dkimpy verifies the signature over the message as Postfix delivered it."""
+    postfix, authfilter, sink = stack
+    postfix.sendmail(message(from_addr=f"alice@{SIGNING_DOMAIN}", message_id="<l1@e2e>",
+                             body=b"Nightly backup done.\r\n"),
+                     f"alice@{SIGNING_DOMAIN}", ["bob@e2e-remote.example"])
+    assert wait_for(lambda: delivered(sink, "<l1@e2e>")), postfix.log_text()[-3000:]
+    content = delivered(sink, "<l1@e2e>")[0].content
+    names = [n for n, _ in header_fields(content)]
+    assert names[:2] == ["DKIM-Signature", "Received"]      # signed above Postfix's Received
+    assert "Authentication-Results" not in names             # local mail is not verified
+    assert dkimpy_verifies(content, dns_server)
+    signature = dict(header_fields(content))["DKIM-Signature"]
+    assert f"d={SIGNING_DOMAIN};" in signature and "s=s1;" in signature
+    # the queue id ({i}, from cleanup) is in our log line
+    queue_id = re.search(r"([0-9A-F]{6,}): message-id=<l1@e2e>", postfix.log_text()).group(1)
+    line = next(l for l in authfilter.log_text().splitlines()
+                if "role=local" in l and f"queue_id={queue_id}" in l)
+    assert "action=accept" in line
+
+
+def test_sendmail_mail_is_never_refused_even_when_inbound_checks_would_refuse_it(stack,
+                                                                                  dns_server):
+    """The same spoof (p=reject, SPF -all, no signature) that the public smtpd refuses leaves
+    unsigned and unrefused when it is submitted locally: the local role neither verifies nor
+    refuses, and signs only for the signing table."""
+    publish_domain(dns_server, "l2.e2e.example", spf="v=spf1 -all", dmarc="v=DMARC1; p=reject")
+    spoof = message(from_addr="ceo@l2.e2e.example", message_id="<l2@e2e>")
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(stack, spoof, "ceo@l2.e2e.example")
+    assert refused.value.smtp_code == 550
+    postfix, _, sink = stack
+    postfix.sendmail(spoof, "ceo@l2.e2e.example", ["bob@e2e-remote.example"])
+    assert wait_for(lambda: delivered(sink, "<l2@e2e>")), postfix.log_text()[-3000:]
+    names = [n for n, _ in header_fields(delivered(sink, "<l2@e2e>")[0].content)]
+    assert "DKIM-Signature" not in names and "Authentication-Results" not in names
+
+
+def submit(stack, raw: bytes, mail_from: str) -> None:
+    postfix = stack[0]
+    with smtplib.SMTP("127.0.0.1", postfix.submission_port, timeout=30) as client:
+        assert client.sendmail(mail_from, ["bob@e2e-remote.example"], raw) == {}
+
+
+def test_the_submission_service_signs_signing_table_domains_only(stack, dns_server):
+    """master.cf.milter's submission service -> submission.sock (role submission)."""
+    _, _, sink = stack
+    submit(stack, message(from_addr=f"user@{SIGNING_DOMAIN}", message_id="<s1@e2e>"),
+           f"user@{SIGNING_DOMAIN}")
+    submit(stack, message(from_addr="user@s2.e2e.example", message_id="<s2@e2e>"),
+           "user@s2.e2e.example")
+    assert wait_for(lambda: delivered(sink, "<s1@e2e>") and delivered(sink, "<s2@e2e>"))
+    content = delivered(sink, "<s1@e2e>")[0].content
+    assert [n for n, _ in header_fields(content)][:2] == ["DKIM-Signature", "Received"]
+    assert dkimpy_verifies(content, dns_server)
+    other = [n for n, _ in header_fields(delivered(sink, "<s2@e2e>")[0].content)]
+    assert "DKIM-Signature" not in other and "Authentication-Results" not in other
+
+
+
+def test_a_bare_body_from_a_script_is_signed_with_the_headers_postfix_adds(stack, dns_server):
+    """`echo text | sendmail -f alice@...`: cleanup adds From: (from the envelope) and Date:
+    before non_smtpd_milters see the message, so they are signed too."""
+    postfix, _, sink = stack
+    postfix.sendmail(b"Message-ID: <l3@e2e>\n\ndisk full\n", f"alice@{SIGNING_DOMAIN}",
+                     ["bob@e2e-remote.example"])
+    assert wait_for(lambda: delivered(sink, "<l3@e2e>")), postfix.log_text()[-3000:]
+    content = delivered(sink, "<l3@e2e>")[0].content
+    fields = dict(header_fields(content))
+    assert fields["From"].endswith(f"<alice@{SIGNING_DOMAIN}>") and "Date" in fields
+    tags = dict(t.strip().split("=", 1) for t in fields["DKIM-Signature"].split(";") if t.strip())
+    assert {"from", "date"} <= {h.strip() for h in tags["h"].split(":")}
+    assert dkimpy_verifies(content, dns_server)

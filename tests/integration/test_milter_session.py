@@ -397,6 +397,8 @@ def test_the_unix_socket_is_created_for_postfix(zone, tmp_path, start_milter):
     with pytest.raises(OSError, match="not a socket"):
         bind_milter_socket(MilterListener(f"unix:{tmp_path}/link.sock"))
     assert os.path.islink(f"{tmp_path}/link.sock")           # left alone
+    with pytest.raises(FileNotFoundError, match=f"unix:{tmp_path}/none/x.sock"):   # says where
+        bind_milter_socket(MilterListener(f"unix:{tmp_path}/none/x.sock"))
     milter.stop()
     assert not os.path.exists(path)                           # removed at the end of drain
 

@@ -27,9 +27,34 @@ def test_quick_start_commands_are_the_ones_ci_runs():
 
 
 def test_the_postfix_files_in_the_readme_are_the_contrib_files():
-    for name in ("master.cf", "main.cf"):
+    names = sorted(p.name for p in (ROOT / "contrib" / "postfix").iterdir() if p.name != "README.md")
+    assert {"master.cf", "main.cf", "master.cf.milter", "main.cf.milter"} <= set(names)
+    for name in names:                    # a new file there must be shown too
         marker = f"<!-- contrib/postfix/{name} -->\n```\n"
         start = README.index(marker) + len(marker)
         shown = README[start:README.index("```", start)]
         assert shown == (ROOT / "contrib" / "postfix" / name).read_text(), \
             f"README's {name} differs from contrib/postfix/{name}"
+
+
+def test_the_milter_listeners_in_the_readme_are_the_contrib_ones():
+    """The sockets main.cf.milter and master.cf.milter name are the listeners that
+    contrib/authfilter.toml (installed by install-service) and the README's Milter wiring give,
+    each with the role its Postfix parameter needs."""
+    import re
+    import tomllib
+
+    contrib = tomllib.loads((ROOT / "contrib" / "authfilter.toml").read_text())["milter"]["listeners"]
+    section = README[README.index("## Milter wiring\n"):]
+    shown = section[section.index("```toml\n") + 8:]
+    assert tomllib.loads(shown[:shown.index("```")])["milter"]["listeners"] == contrib
+    roles = {t["address"]: t["role"] for t in contrib}
+    postfix = ROOT / "contrib" / "postfix"
+    main = (postfix / "main.cf.milter").read_text()
+    master = (postfix / "master.cf.milter").read_text()
+    wiring = {m[2]: m[1] for m in re.finditer(r"^(smtpd_milters|non_smtpd_milters) = \{ (unix:\S+),",
+                                               main, re.M)}
+    wiring |= {m[1]: "submission" for m in re.finditer(r"^  -o \{ smtpd_milters = \{ (unix:\S+),",
+                                                        master, re.M)}
+    needed = {"smtpd_milters": "inbound", "non_smtpd_milters": "local", "submission": "submission"}
+    assert {address: needed[p] for address, p in wiring.items()} == roles
