@@ -325,7 +325,8 @@ class Transaction:
         return [split_field(f) for f in outcome.fields]
 
     def _outbound(self, message: Message) -> Disposition:
-        """Submission and local mail: DKIM-signed when the signing table has its From domain.
+        """Submission and local mail: forged fields removed, DKIM-signed when the signing table
+        has its From domain.
         A signer that fails tempfails submission (the client retries) and passes local mail on
         unsigned (it is never refused: there is no client to retry)."""
         signer = self.runtime.signer
@@ -342,7 +343,9 @@ class Transaction:
                 action = Action(TEMPFAIL, "signing failed", TEMP_FAILURE)
             else:
                 action = Action(ACCEPT, "local; signing failed, passed on unsigned")
-        return Disposition(action.kind, action.reply, (), prepend, None, action, message)
+        # a forged A-R claiming our authserv-id would reach local mailboxes too (RFC 8601 s. 5)
+        remove = tuple(removal_of(message, self._forged(message)))
+        return Disposition(action.kind, action.reply, remove, prepend, None, action, message)
 
     # -- after the reply ----------------------------------------------------------------------
     async def done(self, upstream_reply: tuple[int, str] | None = None, *,

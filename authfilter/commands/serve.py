@@ -7,7 +7,7 @@ from .common import add_config_argument, load_config_or_exit
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run the SMTP proxy in front of Postfix",
+    p = sub.add_parser("serve", help="run the filter: the SMTP proxy and the milter listeners",
                        description="Listen for SMTP (by default on 127.0.0.1:10025), verify "
                                    "SPF, DKIM, ARC and DMARC, apply the policy and relay accepted "
                                    "mail upstream (by default to 127.0.0.1:10026).  SIGHUP "

@@ -177,6 +177,15 @@ def test_submission_from_a_domain_not_in_the_table_passes_unsigned(key_file):
     assert (d.action, d.prepend) == ("accept", ())
 
 
+@pytest.mark.parametrize("role", ["submission", "local"])
+def test_outbound_mail_loses_forged_results_claiming_our_authserv_id(role):
+    """A local user must not hand mailboxes of this host a dmarc=pass under our name."""
+    forged = (b"Authentication-Results: mx.test; dmarc=pass header.from=bank.example\r\n"
+              b"Authentication-Results: other.example; spf=pass\r\n")
+    d = dispose(pipeline({}), message(extra=forged), role=role)
+    assert d.action == "accept" and d.remove == (("Authentication-Results", 1),)
+
+
 def test_inbound_arc_seal_validates(key_file, dns_record):
     p = pipeline(zone(), {"signing": {"arc": {"domain": "example.net", "selector": "arc1",
                                               "key_file": key_file}}})
