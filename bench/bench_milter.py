@@ -61,12 +61,17 @@ class NullPipeline:
     """A pipeline that checks nothing: every message is accepted with one A-R on top, as the
     C null milter does.  What is left is the front-end's own work."""
 
-    def __init__(self, authserv_id: str) -> None:
+    def __init__(self, runtime) -> None:
         from authfilter.pipeline import Disposition
         from authfilter.policy import Action
+        self.runtime = runtime                   # read by the connection: no early defences
+        authserv_id = runtime.authserv_id
         self.disposition = Disposition("accept", None, (), (("Authentication-Results",
                                                              f"{authserv_id}; none"),),
                                        None, Action("accept", "null"), None)
+
+    def client(self, client_ip, **_) -> None:
+        return None
 
     def begin(self, facts, **_) -> "NullPipeline":
         return self
@@ -104,7 +109,7 @@ async def _serve(config, address: str, null: bool) -> None:
     executor = make_executor(config)
     server: MilterServer | None = None
     runtime = Runtime.build(config, executor=executor, loop_shared=lambda: server.loop_shared())
-    pipeline = NullPipeline(runtime.authserv_id) if null else Pipeline(runtime)
+    pipeline = NullPipeline(runtime) if null else Pipeline(runtime)
     server = MilterServer([MilterListener(address, socket_mode=0o600)], pipeline,
                           metrics=runtime.metrics, max_sessions=1000)
     await server.start()
