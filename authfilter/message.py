@@ -9,17 +9,28 @@ dkimpy uses).  Compare names with :func:`field_name`.
 
 Nothing here raises on bad input: a line in the header block that is neither a field nor a
 continuation is kept out of ``headers`` and described in ``errors``.
+
+Parsing is linear in the size of the header block, however often a field is folded; still, a
+1.6 MB header costs a quarter of a second, so three limits bound what a message may carry
+(:func:`header_limit_problem`, which front-ends ask before parsing, C-speed counting only):
+:data:`MAX_HEADER_BYTES` of header block, :data:`MAX_FIELD_LINES` lines in one field and
+:data:`MAX_HEADER_FIELDS` fields.  :meth:`Message.parse` itself never refuses: over a limit it
+describes the problem in ``errors`` (and past :data:`MAX_HEADER_FIELDS` ignores the rest).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Iterable
 
 MAX_HEADER_FIELDS = 10_000          # past this the rest of the header block is ignored (errors says so)
+MAX_HEADER_BYTES = 256 * 1024       # header block, its empty line included (Exchange Online's limit)
+MAX_FIELD_LINES = 1_000             # lines of one field: its first line and continuation lines
 MAX_ERRORS = 20                     # problems described per message; the rest are counted
 _BARE_LF = re.compile(rb"\n(?<!\r\n)")    # starts with the literal LF: re scans for it at C speed
 _FIELD_LINE = re.compile(rb"^([!-9;-~]+[ \t]*):", re.ASCII)   # RFC 5322 ftext, obs WSP before ':' kept
+_FIELD_START = re.compile(rb"\r\n(?![ \t])")    # the line end before a field's first line
 
 
 def normalize_line_ends(raw: bytes) -> bytes:
@@ -27,6 +38,31 @@ def normalize_line_ends(raw: bytes) -> bytes:
     if _BARE_LF.search(raw) is None:
         return raw
     return _BARE_LF.sub(b"\r\n", raw)
+
+
+def header_limit_problem(raw: bytes) -> str | None:
+    """Which limit the header block of ``raw`` (CRLF lines, as :meth:`Message.parse` takes it)
+    goes over, as a phrase for a reply (``"message header over 262144 bytes"``), or None.
+
+    For front-ends, before anything parses the message: a bounded search for the empty line
+    and three counts at C speed (about 2 us for a usual header); only a header with more
+    continuation lines in all than one field may have is split into fields, also in C
+    (a few ms for a 256 KB header of short lines; parsing it takes ten times that).
+    """
+    if raw.startswith(b"\r\n"):
+        return None
+    end = raw.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES)
+    if end < 0:
+        if len(raw) > MAX_HEADER_BYTES:
+            return f"message header over {MAX_HEADER_BYTES} bytes"
+        end = len(raw)                               # no body: all of it is header
+    folds = raw.count(b"\r\n ", 0, end) + raw.count(b"\r\n\t", 0, end)
+    if raw.count(b"\r\n", 0, end) + 1 - folds > MAX_HEADER_FIELDS:
+        return f"message header with more than {MAX_HEADER_FIELDS} fields"
+    if folds >= MAX_FIELD_LINES and max(map(bytes.count, _FIELD_START.split(raw[:end]),
+                                            repeat(b"\r\n"))) >= MAX_FIELD_LINES:
+        return f"message header field with more than {MAX_FIELD_LINES} lines"
+    return None
 
 
 def _note(errors: list[str], problem: str) -> None:
@@ -66,6 +102,8 @@ class Message:
                     errors.append("no empty line between header and body")
             else:
                 head, body, header_length = raw[:end + 2], raw[end + 4:], end + 4
+        if header_length > MAX_HEADER_BYTES:
+            _note(errors, f"header block of {header_length} bytes (limit {MAX_HEADER_BYTES})")
         headers: list[tuple[bytes, bytes]] = []
         positions: dict[bytes, list[int]] = {}
         # A field's continuation lines are collected and joined once, when the next field
@@ -81,6 +119,7 @@ class Message:
                     folded += (line, b"\r\n")
                 continue
             if folded is not None:
+                _fold_limit(errors, headers[-1][0], folded)
                 headers[-1] = (headers[-1][0], b"".join(folded))
                 folded = None
             if len(headers) >= MAX_HEADER_FIELDS:
@@ -93,6 +132,7 @@ class Message:
             positions.setdefault(field_name(m.group(1)), []).append(len(headers))
             headers.append((m.group(1), line[m.end():] + b"\r\n"))
         if folded is not None:
+            _fold_limit(errors, headers[-1][0], folded)
             headers[-1] = (headers[-1][0], b"".join(folded))
         return cls(raw, headers, body, header_length, errors, positions)
 
@@ -108,6 +148,14 @@ class Message:
         """Indexes into ``headers`` of every field with one of ``names`` (lower-case), top first."""
         found = [self.positions[n] for n in names if n in self.positions]
         return list(found[0]) if len(found) == 1 else sorted(i for f in found for i in f)
+
+
+def _fold_limit(errors: list[str], name: bytes, folded: list[bytes]) -> None:
+    """``folded``: a field's value pieces, [first line, line, CRLF, line, CRLF, ...]."""
+    lines = (len(folded) + 1) // 2
+    if lines > MAX_FIELD_LINES:
+        shown = name[:40].decode("ascii", "replace")
+        _note(errors, f"header field {shown} has {lines} lines (limit {MAX_FIELD_LINES})")
 
 
 def field_name(name: bytes) -> bytes:

@@ -9,7 +9,8 @@ RCPT line exactly as it arrived, so tests can check that parameters pass unchang
     sink = SmtpSink().start()
     sink.refuse_rcpt["nobody@example.net"] = b"550 5.1.1 No such user"
     sink.data_reply = b"451 4.3.0 try later"
-    ...  sink.messages[-1].content / .mail_line / .rcpt_lines / .xforward
+    sink.cr_line_ends = True        # a lenient next hop: a bare CR ends a line too (smuggling)
+    ...  sink.messages[-1].content / .mail_line / .rcpt_lines / .xforward / .data
     sink.stop()
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Received:
     content: bytes                 # dot-unstuffed, as it would be queued
     xforward: dict[str, str]
     connection: int                # which connection brought it (connection reuse)
+    data: bytes = b""              # the DATA bytes as they came, stuffed, with the end marker
 
     @property
     def mail_from(self) -> str:
@@ -43,14 +45,53 @@ class Received:
         return [m.group(1).decode() for line in self.rcpt_lines if (m := _ADDRESS.match(line[5:]))]
 
 
-async def _read_message(reader: asyncio.StreamReader) -> bytes:
+class _LineReader:
+    """Lines up to LF (Postfix-like: a bare LF ends a line) or, with ``cr_line_ends``, also up
+    to a bare CR, as the lenient MTAs that SMTP smuggling exploits read them.  Keeps every
+    byte it read in ``taken`` (for the DATA bytes as they came)."""
+
+    _BARE_CR = re.compile(rb"\r(?!\n)")
+
+    def __init__(self, reader: asyncio.StreamReader, cr_line_ends: bool) -> None:
+        self.reader = reader
+        self.cr_line_ends = cr_line_ends
+        self.pending = bytearray()
+        self.pos = 0
+        self.taken = bytearray()
+
+    async def readline(self) -> bytes:
+        while True:
+            end = self._line_end()
+            if end is None:
+                more = await self.reader.read(1 << 16)
+                if more:
+                    del self.pending[:self.pos]
+                    self.pos = 0
+                    self.pending += more
+                    continue
+                end = len(self.pending)
+            line = bytes(self.pending[self.pos:end])
+            self.pos = end
+            self.taken += line
+            return line
+
+    def _line_end(self) -> int | None:
+        lf = self.pending.find(b"\n", self.pos)
+        if self.cr_line_ends:
+            cr = self._BARE_CR.search(self.pending, self.pos, lf + 1 if lf >= 0 else len(self.pending))
+            if cr is not None and cr.end() < len(self.pending):
+                return cr.end()
+        return lf + 1 if lf >= 0 else None
+
+
+async def _read_message(reader: _LineReader) -> bytes:
     """Message lines up to the "." line, dot-unstuffed (RFC 5321 s. 4.5.2), line by line."""
     lines = []
     while True:
         line = await reader.readline()
         if not line:
             raise ConnectionError("client left during DATA")
-        if line == b".\r\n":
+        if line.rstrip(b"\r\n") == b".":
             return b"".join(lines)
         lines.append(line[1:] if line.startswith(b".") else line)
 
@@ -63,6 +104,7 @@ class SmtpSink:
     refuse_rcpt: dict[str, bytes] = field(default_factory=dict)
     data_reply: bytes | None = None
     data_delay: float = 0.0
+    cr_line_ends: bool = False
     connections: int = 0
     commands: list[bytes] = field(default_factory=list)
 
@@ -83,6 +125,7 @@ class SmtpSink:
         self.refuse_rcpt.clear()
         self.data_reply = None
         self.data_delay = 0.0
+        self.cr_line_ends = False
 
     # -- one connection ----------------------------------------------------------------------
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -93,6 +136,7 @@ class SmtpSink:
         mail: bytes | None = None
         rcpts: list[bytes] = []
         writer.write(b"220 sink.test ESMTP\r\n")
+        reader = _LineReader(reader, self.cr_line_ends)
         try:
             while True:
                 line = await reader.readline()
@@ -128,14 +172,16 @@ class SmtpSink:
                         writer.write(b"554 5.5.1 Error: no valid recipients\r\n")
                         continue
                     writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    reader.taken.clear()
                     content = await _read_message(reader)
+                    data = bytes(reader.taken)
                     if self.data_delay:
                         await asyncio.sleep(self.data_delay)
                     if self.data_reply:
                         writer.write(self.data_reply + b"\r\n")
                     else:
                         with self.lock:
-                            self.messages.append(Received(mail, rcpts, content, xforward, number))
+                            self.messages.append(Received(mail, rcpts, content, xforward, number, data))
                             queue_id = f"SINK{len(self.messages):04d}"
                         writer.write(f"250 2.0.0 Ok: queued as {queue_id}\r\n".encode())
                     mail, rcpts, xforward = None, [], {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from ..metrics import Metrics
-from ..message import Message, remove_from_head, render_fields
+from ..message import Message, header_limit_problem, remove_from_head, render_fields
 from ..pipeline import Disposition, Transaction
 from ..results import SmtpReply
 from . import protocol
@@ -45,24 +45,18 @@ def header_block_end(raw: bytes) -> int:
     return len(raw) if end < 0 else end + 4
 
 
-def upstream_form(d: Disposition, content: bytes, wire: bytes,
-                  bare_lf: bool) -> list[bytes | memoryview]:
+def upstream_form(d: Disposition, content: bytes, wire: bytes) -> list[bytes | memoryview]:
     """The message as ``d`` says it goes on, dot-stuffed for the upstream (RFC 5321 s. 4.5.2),
-    in pieces for one write.  ``content`` is the unstuffed DATA block, ``wire`` the same as
-    received, ``bare_lf`` whether it has an LF without CR (:class:`~.receiver.ReceiveBuffer`).
+    in pieces for one write.  ``content`` is the unstuffed DATA block (CRLF line ends only),
+    ``wire`` the same stuffed (:class:`~.receiver.ReceiveBuffer`: as received, or stuffed
+    again after bare LFs were normalized).
 
     The received bytes are reused: only the header block is rebuilt (and stuffed again when
     a line starts with "."), the body goes as it came; stuffing changes no empty line, so the
-    header block of ``wire`` ends where that of ``content`` does.  With a bare LF the whole
-    message is stuffed, so that a dot after a bare LF is doubled too.
+    header block of ``wire`` ends where that of ``content`` does.
     """
     top = render_fields(d.prepend)
     message: Message = d.message
-    if bare_lf:
-        if not d.remove:
-            return [top, stuff(content)]
-        head = remove_from_head(message.raw[:message.header_length], d.remove)
-        return [top, stuff(head + message.body)]
     if not d.remove and len(wire) == len(content):   # no dot was removed: no line starts with "."
         return [top, content]
     head = remove_from_head(content[:message.header_length], d.remove)
@@ -71,12 +65,18 @@ def upstream_form(d: Disposition, content: bytes, wire: bytes,
     return [top, stuff(head), memoryview(wire)[header_block_end(wire):]]
 
 
-async def handle_message(tx: Transaction, content: bytes, wire: bytes, bare_lf: bool,
+async def handle_message(tx: Transaction, content: bytes, wire: bytes,
                          conn: UpstreamConnection, client_alive: Callable[[], bool],
                          metrics: Metrics) -> Outcome:
     """The pipeline's disposition of one DATA block, relayed when it says so; the client's
-    reply comes back (the transaction is :meth:`~Transaction.done` when this returns)."""
-    d = await tx.finish(content, crlf_only=not bare_lf)
+    reply comes back (the transaction is :meth:`~Transaction.done` when this returns, unless
+    the header is over a limit of :mod:`authfilter.message`: then it is refused with 552
+    before anything parses it, as an over-size message is, and the relay abandons it)."""
+    problem = header_limit_problem(content)
+    if problem is not None:
+        log.info("message from %s refused: %s", tx.facts.client_ip, problem)
+        return Outcome(protocol.reply(552, f"5.3.4 Error: {problem}"), RESET)
+    d = await tx.finish(content, crlf_only=True)     # the receiver normalized any bare LF
     upstream_reply: protocol.Reply | None = None
     if not d.relays:
         outcome = Outcome(d.reply.to_bytes(), RESET)
@@ -84,8 +84,7 @@ async def handle_message(tx: Transaction, content: bytes, wire: bytes, bare_lf: 
         outcome = Outcome(None, BROKEN)
         log.warning("client %s left before the verdict; nothing relayed", tx.facts.client_ip)
     else:
-        outcome, upstream_reply = await _relay(conn, upstream_form(d, content, wire, bare_lf),
-                                               metrics)
+        outcome, upstream_reply = await _relay(conn, upstream_form(d, content, wire), metrics)
     await tx.done(SmtpReply(upstream_reply.code, upstream_reply.text) if upstream_reply else None,
                   reply_sent=_sent(outcome.reply))
     return outcome

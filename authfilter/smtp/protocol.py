@@ -40,6 +40,7 @@ NESTED_MAIL = b"503 5.5.1 Error: nested MAIL command\r\n"
 NO_VALID_RCPT = b"554 5.5.1 Error: no valid recipients\r\n"
 TOO_MANY_RCPT = b"452 4.5.3 Error: too many recipients\r\n"
 SIZE_EXCEEDED = b"552 5.3.4 Error: message file too big\r\n"
+BARE_CR = b"550 5.5.2 Error: bare <CR> received\r\n"      # Postfix's words for a bare LF
 VRFY_REPLY = b"252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n"
 HELP_REPLY = b"214 2.0.0 See RFC 5321\r\n"
 TIMEOUT = b"421 4.4.2 Error: timeout exceeded\r\n"

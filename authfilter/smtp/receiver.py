@@ -6,13 +6,35 @@ commands as Postfix does).  A DATA block ends at CRLF "." CRLF (RFC 5321 s. 4.1.
 exact sequence ends it, so a bare-LF "." line cannot end it (SMTP smuggling, CVE-2023-51764).
 
 One incremental regex search over the new bytes of each read finds, at C speed, the few places
-that matter: every LF "." (the end marker, a dot-stuffed line, or a "." after a bare LF) and
-every bare LF.  So there is no Python work per line, whatever the message size, and three facts
+that matter: every LF "." (the end marker or a dot-stuffed line) and every bare LF.  So there is no Python work per line, whatever the message size, and three facts
 come for free: where the end is, which dots to remove (RFC 5321 s. 4.5.2 unstuffing is then a
 join of the pieces between them, no search at all) and whether the block has a bare LF (when it
 has none, which is nearly always, nobody needs to look for one again, and the block can go
 upstream dot-stuffed as it came).  Over-long command lines and over-size messages are consumed
 and discarded so memory stays bounded, then reported once.
+
+Bare CR and bare LF in a DATA block (RFC 5321 s. 2.3.8 forbids both) are handled so that what
+goes upstream has CRLF line ends only, and is exactly what the checks saw; no byte sequence in
+it can be read as an end of data by a next hop, however lenient (SMTP smuggling with
+``\r.\r\n``, ``\r.\r``, ``\r\n.\r``, ``\n.\n`` and the like):
+
+* a bare LF is normalized to CRLF (what Postfix 3.9 does by default,
+  ``smtpd_forbid_bare_newline = normalize``).  Nothing changes meaning: every MIME parser,
+  :class:`~authfilter.message.Message` and every DKIM verifier read a bare LF as a line end
+  already, so signatures verify the same before and after.  A bare LF starts a line for
+  unstuffing too (a client that ends lines with LF stuffs after them), but never an end of
+  data: LF "." LF is a "." line of the message.  The normalized block is stuffed again, so
+  such a line goes on as a stuffed "..", never as an end;
+* a bare CR makes the block refused (:class:`BareCR`: 550 5.5.2, the code and wording of
+  Postfix's ``smtpd_forbid_bare_newline = reject`` for a bare LF).  It has no faithful
+  normalization: as CRLF it would add header lines (``Subject: x\rFrom: y`` becomes two
+  fields) and break a DKIM signature over the bytes as sent; dropped or replaced it would
+  change the signed bytes too; relayed as it is, a next hop that ends lines at CR could see
+  an end of data and a second, unchecked transaction.  RFC 6376 s. 5.3 has signers convert
+  bare CRs before signing, so legitimate signed mail does not carry them.
+
+The bare-CR test is one C-speed regex search over the finished block (about 2 us for 4 KB);
+a block with no bare LF, nearly all of them, is not copied or rewritten.
 """
 from __future__ import annotations
 
@@ -21,10 +43,15 @@ import re
 END_OF_DATA = b"\r\n.\r\n"
 _LF_DOT_OR_BARE_LF = re.compile(rb"\n(?:\.|(?<!\r\n))")
 _LF_DOT = re.compile(rb"\n\.")            # once a bare LF was seen, only the dots matter
+_BARE_CR = re.compile(rb"\r[^\n]")       # a block ends in CRLF: a CR at its very end is no bare CR
 
 
 class LineTooLong(Exception):
     """A command line longer than the limit was read and discarded."""
+
+
+class BareCR(Exception):
+    """A DATA block with a CR not followed by LF was read to its end and discarded."""
 
 
 class DataTooBig(Exception):
@@ -46,9 +73,10 @@ class ReceiveBuffer:
         self._bare_lf = False        # the current DATA block has a bare LF
         self._end: tuple[int, int] | None = None   # its (size, bytes to consume), once found
         # The last complete DATA block (see take_data):
-        self.wire = b""              # as received: dot-stuffed, without the end marker
-        self.dot_lines = 0           # dots removed from it (0: the content is ``wire`` itself)
-        self.bare_lf = False         # it has an LF without a CR before it
+        self.wire = b""              # dot-stuffed, without the end marker: as received, or
+                                     # stuffed again after bare LFs were normalized
+        self.dot_lines = 0           # stuffing dots in it (0: the content is ``wire`` itself)
+        self.bare_lf = False         # it had an LF without a CR before it (now CRLF)
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -108,9 +136,9 @@ class ReceiveBuffer:
 
         Cheap enough to call for every read: the proxy calls it as bytes arrive and wakes the
         session only when the block is complete.  Each hit of LF "." is the end marker
-        (CRLF "." CRLF), a dot-stuffed CRLF line, or a "." after a bare LF, which is not a line
-        start for us (it stays, and the block counts as having a bare LF) but would be for a
-        lenient MTA.  An over-size block is discarded as it arrives, up to its end.
+        (CRLF "." CRLF) or a dot-stuffed line, after CRLF or after a bare LF (which never ends
+        the block; the block counts as having a bare LF).  An over-size block is discarded as
+        it arrives, up to its end.
         """
         if self._end is not None:
             return True
@@ -133,9 +161,14 @@ class ReceiveBuffer:
                 # An LF at the very end may start a "." line: look at it again next time.
                 return self._more_needed(max(len(buf) - 1, 0), max_size)
             hit = found.start()
-            if found.end() == hit + 1 or not hit or buf[hit - 1] != 0x0D:
-                self._bare_lf = True             # a bare LF, or a "." after one
+            if found.end() == hit + 1:           # a bare LF ("." may still come after it)
+                self._bare_lf = True
                 pos = found.end()
+                continue
+            if not hit or buf[hit - 1] != 0x0D:  # a bare LF "." : stuffing, never the end
+                self._bare_lf = True
+                self._dots.append(hit + 1)
+                pos = hit + 2
                 continue
             if len(buf) < hit + 4:               # CRLF "." but too close to the end to tell
                 return self._more_needed(hit, max_size)
@@ -146,11 +179,13 @@ class ReceiveBuffer:
             pos = hit + 2
 
     def take_data(self, max_size: int) -> bytes | None:
-        """The whole DATA block, dot-unstuffed, ending in CRLF (the CRLF before "."), or None
-        while the end marker has not arrived.  The empty message is ``b""``.  Afterwards
-        ``wire`` is the block as received, ``dot_lines`` the number of dots removed and
-        ``bare_lf`` whether it has a bare LF.
-        Raises :class:`DataTooBig` once an over-size block has been read to its end.
+        """The whole DATA block, dot-unstuffed, CRLF line ends only, ending in CRLF (the CRLF
+        before "."), or None while the end marker has not arrived.  The empty message is
+        ``b""``.  Afterwards ``wire`` is the block stuffed for relaying (as received unless it
+        had a bare LF), ``dot_lines`` the number of stuffing dots in it and ``bare_lf`` whether
+        bare LFs were normalized to CRLF.
+        Raises :class:`DataTooBig` once an over-size block has been read to its end, and
+        :class:`BareCR` for a block with a bare CR (consumed: the next command follows).
         """
         if not self.data_complete(max_size):
             return None
@@ -161,17 +196,24 @@ class ReceiveBuffer:
             self._skipping, self._skipped = False, 0
             del buf[:consumed]
             raise DataTooBig(size)
+        if _BARE_CR.search(buf, 0, size) is not None:
+            del buf[:consumed]
+            raise BareCR()
         with memoryview(buf) as view:
             wire = bytes(view[:size])
         del buf[:consumed]
-        self.wire, self.dot_lines, self.bare_lf = wire, len(self._dots), self._bare_lf
-        return unstuff_at(wire, self._dots) if self._dots else wire
+        content = unstuff_at(wire, self._dots) if self._dots else wire
+        if self._bare_lf:            # no bare CR either, so this turns every bare LF into CRLF
+            content = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            wire = stuff(content)
+        self.wire, self.dot_lines, self.bare_lf = wire, len(wire) - len(content), self._bare_lf
+        return content
 
-    def release_block(self) -> tuple[bytes, bool]:
-        """``wire`` and ``bare_lf`` of the last block; the buffer forgets the block (an idle
-        session must not keep a big message alive)."""
+    def release_block(self) -> bytes:
+        """``wire`` of the last block; the buffer forgets the block (an idle session must not
+        keep a big message alive)."""
         wire, self.wire = self.wire, b""
-        return wire, self.bare_lf
+        return wire
 
     def _more_needed(self, scanned: int, max_size: int) -> bool:
         self._scanned = scanned
@@ -215,10 +257,8 @@ def unstuff(content: bytes) -> bytes:
 def stuff(content: bytes) -> bytes:
     """For sending: a dot after every LF, and at the start, gets another one.
 
-    For CRLF lines this is RFC 5321 s. 4.5.2 stuffing, the inverse of :func:`unstuff`.  A "."
-    after a bare LF is doubled too: an MTA that takes bare LF as a line end (Postfix without
-    smtpd_forbid_bare_newline) then sees a stuffed line instead of an end of data, so nothing
-    can be smuggled past it; one that does not only sees one more dot in a broken line.
+    For CRLF lines this is RFC 5321 s. 4.5.2 stuffing, the inverse of :func:`unstuff` (and of
+    the receiver's unstuffing, which also takes a bare LF as a line start).
     ``content`` must end in CRLF (or be empty).  One search pass (``bytes.replace`` would make
     two: it counts first).
     """

@@ -84,11 +84,11 @@ class Relay:
             self._state.recipient_accepted()
         return reply.to_bytes()
 
-    async def data(self, content: bytes, wire: bytes, bare_lf: bool,
+    async def data(self, content: bytes, wire: bytes,
                    client_alive: Callable[[], bool]) -> Outcome:
         """The DATA block (see :func:`.message_flow.handle_message`); the session tells the
         client ``reply`` and then calls :meth:`end` with ``upstream``."""
-        return await handle_message(self.message, content, wire, bare_lf, self.upstream,
+        return await handle_message(self.message, content, wire, self.upstream,
                                     client_alive, self._metrics)
 
     async def end(self, upstream_state: UpstreamState) -> None:

@@ -26,7 +26,7 @@ from . import protocol as p
 from . import proxy_protocol
 from .generation import ProxyGeneration
 from .message_flow import BROKEN, RESET
-from .receiver import DataTooBig, LineTooLong, ReceiveBuffer
+from .receiver import BareCR, DataTooBig, LineTooLong, ReceiveBuffer
 from .relay import Relay
 from .state import OUT_OF_ORDER, SessionState
 from .upstream import set_nodelay
@@ -395,8 +395,13 @@ class SmtpSession(asyncio.Protocol):
             self.write(p.SIZE_EXCEEDED)
             await self.relay.end(RESET)
             return
-        wire, bare_lf = self.buffer.release_block()
-        outcome = await self.relay.data(content, wire, bare_lf, lambda: self.alive)
+        except BareCR:               # see receiver.py: never relayed, never normalized
+            log.info("message from %s refused: bare CR in DATA",
+                     self.relay.message.facts.client_ip)
+            self.write(p.BARE_CR)
+            await self.relay.end(RESET)
+            return
+        outcome = await self.relay.data(content, self.buffer.release_block(), lambda: self.alive)
         if outcome.reply is not None:
             self.write(outcome.reply)
         await self.relay.end(outcome.upstream)

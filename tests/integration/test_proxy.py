@@ -197,9 +197,10 @@ def test_long_lines_and_dots_survive(zone, sink, start_proxy):
 
 
 def test_bare_lf_dot_lines_cannot_smuggle_a_second_message(zone, sink, start_proxy):
-    # "\n.\n" does not end DATA here (only CRLF "." CRLF does) and is sent on stuffed, so an
+    # "\n.\n" does not end DATA here (only CRLF "." CRLF does); bare LFs go on as CRLF, so an
     # upstream that takes bare LF as a line end (the sink reads lines up to LF) does not
-    # end DATA there either: one message, content unchanged, no smuggled MAIL command.
+    # end DATA there either: one message, no smuggled MAIL command (tests/integration/
+    # test_proxy_smuggling.py has every form).
     publish_domain(zone, "example.org")
     proxy = start_proxy()
     body = b"line\n.\nMAIL FROM:<evil@example.org>\r\nend\r\n"
@@ -212,7 +213,7 @@ def test_bare_lf_dot_lines_cannot_smuggle_a_second_message(zone, sink, start_pro
         client.send(message(body=body) + b".\r\n")
         assert client.getreply()[0] == 250
     assert len(sink.messages) == 1
-    assert sink.messages[0].content.endswith(body)
+    assert sink.messages[0].content.endswith(b"line\r\n\r\nMAIL FROM:<evil@example.org>\r\nend\r\n")
     assert not any(c.startswith(b"MAIL FROM:<evil") for c in sink.commands)
 
 

@@ -43,7 +43,7 @@ def received(wire: bytes) -> tuple[bytes, bytes, bool]:
     buf.begin_data()
     buf.feed(wire + b".\r\n")
     content = buf.take_data(1 << 20)
-    return (content, *buf.release_block())
+    return content, buf.release_block(), buf.bare_lf
 
 
 def test_upstream_form_reuses_the_received_body_and_means_the_same_message():
@@ -66,7 +66,7 @@ def test_upstream_form_reuses_the_received_body_and_means_the_same_message():
             got, wire, bare_lf = received(wire_sent)
             assert wire == wire_sent and not bare_lf
             d = disposition(got)
-            parts = upstream_form(d, got, wire, bare_lf)
+            parts = upstream_form(d, got, wire)
             sent = b"".join(parts)
             assert b"\r\n.\r\n" not in b"\r\n" + sent[:-2]
             if wire_sent is correct:
@@ -75,8 +75,14 @@ def test_upstream_form_reuses_the_received_body_and_means_the_same_message():
                 assert parts == [top, got]                      # the received bytes, uncopied
 
 
-def test_upstream_form_with_a_bare_lf_stuffs_every_dot_after_an_lf():
-    content, wire, bare_lf = received(b"Subject: x\r\n\r\na\n.\r\nb\r\n..c\r\n")
-    assert bare_lf and content == b"Subject: x\r\n\r\na\n.\r\nb\r\n.c\r\n"
-    assert b"".join(upstream_form(disposition(content), content, wire, bare_lf)) == \
-        b"Authentication-Results: mx.test; none\r\nSubject: x\r\n\r\na\n..\r\nb\r\n..c\r\n"
+def test_upstream_form_with_a_bare_lf_is_crlf_and_stuffed_again():
+    """Bare LFs arrive normalized (the receiver's work) and a "." after one was a stuffing
+    dot: the upstream gets CRLF lines only, stuffed, and it is the message the checks saw."""
+    content, wire, bare_lf = received(b"Subject: x\r\n\r\na\n.\r\nb\r\n..c\nd\n..\ne\r\n")
+    assert bare_lf and content == b"Subject: x\r\n\r\na\r\n\r\nb\r\n.c\r\nd\r\n.\r\ne\r\n"
+    d = disposition(content)
+    sent = b"".join(upstream_form(d, content, wire))
+    assert sent == b"Authentication-Results: mx.test; none\r\nSubject: x\r\n\r\n" \
+                   b"a\r\n\r\nb\r\n..c\r\nd\r\n..\r\ne\r\n"
+    assert unstuff(sent) == b"Authentication-Results: mx.test; none\r\n" + d.message.raw
+    assert sent.count(b"\n") == sent.count(b"\r\n") == sent.count(b"\r")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from authfilter.smtp.receiver import DataTooBig, LineTooLong, ReceiveBuffer, stuff, unstuff
+from authfilter.smtp.receiver import BareCR, DataTooBig, LineTooLong, ReceiveBuffer, stuff, unstuff
 
 
 def feed(*chunks: bytes) -> ReceiveBuffer:
@@ -89,10 +89,59 @@ def test_dot_line_split_over_chunks_is_counted_once():
 
 
 def test_only_crlf_dot_crlf_ends_data():
-    # bare-LF "." lines do not end the block (SMTP smuggling); the CRLF line ".\nc\n." is
-    # unstuffed like any line that starts with "."
-    raw = b"a\n.\nb\r\n.\nc\n.\r\nd\r\n.\r\n"
-    assert data(raw) == b"a\n.\nb\r\n\nc\n.\r\nd\r\n"
+    # bare-LF "." lines do not end the block (SMTP smuggling); a "." after a bare LF or after
+    # CRLF, not followed by CRLF, is a stuffing dot; then every bare LF becomes CRLF
+    raw = b"a\n.\nb\r\n.\nc\n.\r\nd\r\n..\ne\n..f\r\n.\r\n"
+    assert data(raw) == b"a\r\n\r\nb\r\n\r\nc\r\n\r\nd\r\n.\r\ne\r\n.f\r\n"
+
+
+SMUGGLING = [b"\r.\r\n", b"\r.\r", b"\r\n.\r", b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\n.\r",
+             b"\r.\n", b"\r\n.\r\r\n"]
+"""End-of-data look-alikes a lenient next hop might take for CRLF "." CRLF (SMTP smuggling)."""
+
+
+@pytest.mark.parametrize("marker", SMUGGLING)
+def test_smuggled_end_of_data_is_normalized_or_refused(marker):
+    """The block goes on to its real end; a bare CR refuses it (consumed, so the next command
+    is read as one), bare LFs become CRLF and the block is stuffed again, so what would go
+    upstream has no CR or LF outside CRLF and no end of data before its end."""
+    injected = b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
+    block = b"Subject: x\r\n\r\nhello" + marker + injected + b"forged\r\n"
+    buf = feed(block + b".\r\nQUIT\r\n")
+    buf.begin_data()
+    if b"\r" in marker.replace(b"\r\n", b""):
+        with pytest.raises(BareCR):
+            buf.take_data(1 << 20)
+    else:
+        content = buf.take_data(1 << 20)
+        wire = buf.release_block()
+        assert buf.bare_lf and content.endswith(injected + b"forged\r\n")
+        assert wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n")
+        assert b"\r\n.\r\n" not in b"\r\n" + wire and unstuff(wire) == content
+    assert buf.take_line(512) == b"QUIT"
+
+
+def test_bare_cr_anywhere_refuses_the_block_at_any_cut():
+    raw = b"Subject: a\rFrom: evil@example.org\r\n\r\nbody\r\n.\r\nNOOP\r\n"
+    for cut in range(1, len(raw)):
+        buf = ReceiveBuffer()
+        buf.begin_data()
+        refused = False
+        for part in (raw[:cut], raw[cut:]):
+            buf.feed(part)
+            if not refused:
+                try:
+                    assert buf.take_data(1000) is None
+                except BareCR:
+                    refused = True
+        assert refused, cut
+        assert buf.take_line(512) == b"NOOP"
+
+
+def test_cr_before_crlf_and_at_the_block_end():
+    assert data(b"a\r\n\r\n.\r\n") == b"a\r\n\r\n"          # CRLF CRLF: no bare CR
+    with pytest.raises(BareCR):
+        data(b"a\r\r\n.\r\n")                                # CR CR LF: one is bare
 
 
 def test_oversize_data_is_read_to_the_end_and_discarded():
@@ -124,14 +173,16 @@ def test_stuff_then_unstuff_is_identity(content):
 
 
 def test_any_block_in_any_chunks_comes_back_unstuffed_with_what_was_seen():
-    """For any block (dot lines, bare LFs, dots after bare LFs, stray CRs) cut anywhere: the
-    content is the RFC 5321 s. 4.5.2 unstuffing of what was received, ``wire`` is that exactly,
-    and ``bare_lf`` says whether it has an LF without a CR before it."""
+    """For any block (dot lines, bare LFs, dots after bare LFs, stray CRs) cut anywhere: a bare
+    CR refuses it; otherwise the content is the RFC 5321 s. 4.5.2 unstuffing of what was
+    received (a bare LF starting a line too) with bare LFs made CRLF, ``wire`` is that exactly when it had no bare LF (else the
+    content stuffed again), and ``bare_lf`` says whether it had an LF without a CR before it."""
     import random
     import re
     rng = random.Random(5321)
     pieces = [b"a", b"x y", b".", b"..", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\n."]
-    for _ in range(2000):
+    refused = 0
+    for _ in range(3000):
         block = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30))) + b"\r\n"
         if b"\r\n.\r\n" in block or block.startswith(b".\r\n"):
             continue
@@ -139,15 +190,26 @@ def test_any_block_in_any_chunks_comes_back_unstuffed_with_what_was_seen():
         cuts = sorted(rng.sample(range(1, len(received)), min(3, len(received) - 1)))
         buf = ReceiveBuffer()
         buf.begin_data()
-        content = None
+        content, bare_cr = None, False
         for start, end in zip([0] + cuts, cuts + [len(received)]):
             buf.feed(received[start:end])
-            if content is None and buf.data_complete(1 << 20):
-                content = buf.take_data(1 << 20)
-        assert content == unstuff(block), block
-        assert buf.wire == block and buf.dot_lines == len(block) - len(content)
-        assert buf.bare_lf == bool(re.search(rb"(?<!\r)\n", block)), block
+            if content is None and not bare_cr and buf.data_complete(1 << 20):
+                try:
+                    content = buf.take_data(1 << 20)
+                except BareCR:
+                    bare_cr = True
+        has_bare_lf = bool(re.search(rb"(?<!\r)\n", block))
+        assert bare_cr == bool(re.search(rb"\r(?!\n)", block)), block
+        if bare_cr:
+            refused += 1
+        else:
+            unstuffed = re.sub(rb"(\A|\n)\.", rb"\1", block)
+            assert content == re.sub(rb"(?<!\r)\n", b"\r\n", unstuffed), block
+            assert buf.wire == (stuff(content) if has_bare_lf else block)
+            assert buf.dot_lines == len(buf.wire) - len(content)
+            assert buf.bare_lf == has_bare_lf, block
         assert buf.take_line(512) == b"QUIT"
+    assert 100 < refused < 2900
 
 
 def test_data_complete_is_false_until_the_end_marker_and_then_stays_true():
@@ -164,5 +226,5 @@ def test_released_block_is_forgotten():
     buf = feed(b"..a\r\n.\r\n")
     buf.begin_data()
     assert buf.take_data(1000) == b".a\r\n"
-    assert buf.release_block() == (b"..a\r\n", False)
+    assert buf.release_block() == b"..a\r\n"
     assert buf.wire == b""
