@@ -7,9 +7,10 @@ the one it began with, so a reload never disturbs a message in flight.
 """
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from .config import Config
 from .dns import Resolver
@@ -17,6 +18,7 @@ from .engine import Engine, resolver_from_config
 from .metrics import Metrics
 from .observers import Observer
 from .policy import Policy
+from .ratelimit import RateLimiter
 from .signing import ArcSealer, Signer
 
 
@@ -49,7 +51,7 @@ class Runtime:
     observers: list[Observer]
     metrics: Metrics
     authserv_id: str
-    ratelimiter: Any = None          # authfilter.ratelimit.RateLimiter; None: no rate limits
+    ratelimiter: "RateLimiter | None" = None     # None: no [[ratelimit.rules]]
 
     @classmethod
     def build(cls, config: Config, resolver: Resolver | None = None, *,
@@ -58,6 +60,7 @@ class Runtime:
               loop_shared: Callable[[], bool] = _always) -> "Runtime":
         """Raises (PolicyError, SigningConfigError, OSError) when the config cannot be put into
         force.  ``loop_shared``: see :class:`~authfilter.engine.Engine`."""
+        metrics = metrics or Metrics()
         return cls(
             config=config,
             policy=Policy.from_config(config),
@@ -65,6 +68,18 @@ class Runtime:
             signer=Signer.from_config(config) if signs(config) else None,
             sealer=ArcSealer.from_config(config) if seals(config) else None,
             observers=observers if observers is not None else [],
-            metrics=metrics or Metrics(),
+            metrics=metrics,
             authserv_id=config.general.effective_authserv_id(),
+            ratelimiter=RateLimiter.from_config(config, metrics),
         )
+
+    def close(self) -> None:
+        """This generation is out of force (a reload, the end of a drain): its Redis
+        connections close once the loop gets to it (a transaction of it still running that
+        asks again reconnects)."""
+        limiter = self.ratelimiter
+        if limiter is not None:
+            try:
+                asyncio.get_running_loop().create_task(limiter.close())
+            except RuntimeError:            # no loop: nothing was ever connected in one
+                pass

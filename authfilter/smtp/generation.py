@@ -112,3 +112,4 @@ class ProxyGeneration:
     def close(self) -> None:
         for pool in set(self._pools):
             pool.close()
+        self.runtime.close()
