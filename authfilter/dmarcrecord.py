@@ -228,7 +228,10 @@ def _number(tags: dict[str, str], name: str, default: int, maximum: int,
     value = tags.get(name)
     if value is None:
         return default
-    if value.isdigit() and value.isascii() and int(value) <= maximum:
-        return int(value)
+    # ASCII digits only, and few enough for int() (over 4300 digits it raises ValueError)
+    digits = value.lstrip("0") or "0"
+    if value.isascii() and value.isdigit() and len(digits) <= len(str(maximum)) \
+            and int(digits) <= maximum:
+        return int(digits)
     problems.append(f"{name}={value} is not valid; default {name}={default} used")
     return default

@@ -174,7 +174,7 @@ def _collect_sets(message: Message) -> list[_ArcSet]:
 
 
 def _instance(text: str | None, label: str) -> int:
-    if text is None or not text.isdigit() or len(text) > 3:
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 3:   # not "²"
         raise ChainError(f"{label} has no valid instance i=" + ("" if text is None else text))
     return int(text)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -129,6 +130,15 @@ def _pyspf_dns_lookup(name: str, qtype: str, strict: bool = True, timeout: float
 pyspf.DNSLookup = _pyspf_dns_lookup
 
 
+MAX_MACRO_STRING = 1024       # characters of a term, domain-spec or exp= text pyspf is given
+_LONG_LITERAL_LABEL = re.compile(r"[^.%]{64}")      # macros never shorten literal text
+
+
+def _bounded(text: str, what: str) -> None:
+    if len(text) > MAX_MACRO_STRING:
+        raise pyspf.PermError(f"{what} longer than {MAX_MACRO_STRING} characters", text[:80])
+
+
 class _MxAddresses(list):
     """The addresses of an MX answer's first :data:`pyspf.MAX_MX` names; ``more_names``: the
     answer has more names than that, which the ``mx`` term may not look up."""
@@ -157,6 +167,18 @@ class _Query(pyspf.query):
       lookups made: the names are checked in preference order, a match among the first 10
       matches, and only a term that would have to look up an 11th name is permerror (the 11th
       lookup is never made).  pyspf gives permerror as soon as the answer has 11 names.
+
+    And two bounds on what pyspf's regular expressions are given, since the record comes from
+    whoever owns the sender's domain and pyspf runs on the event loop: its domain-end test
+    (``RE_TOPLAB``) takes time quadratic in the length of a label that is not the last (a 20 KB
+    ``a:x.<label>.com`` took 10 s), and its macro scan (``RE_CHAR``) quadratic in a run of
+    ``%{`` without ``}``; and its CIDR parsing lets ``int()`` raise ValueError past 4300
+    digits (an "internal error", so a temperror on every retry).  A domain-spec with a literal
+    label over 63 characters is permerror (no DNS name can come of it; RFC 7208 leaves the
+    result open, its test suite accepts ``fail`` or ``permerror``: invalid-domain-long), and so
+    is a term, domain-spec or explanation over :data:`MAX_MACRO_STRING` characters, a
+    processing limit (RFC 7208 s. 4.6.4) no real record comes near: a domain name has at most
+    253.
     """
 
     def __init__(self, ip: str, local: str, domain: str, helo: str, receiver: str,
@@ -165,6 +187,24 @@ class _Query(pyspf.query):
                          strict=True, querytime=querytime)
         self.l, self.o, self.d = local, domain, domain
         self._in_macro = False
+
+    def validate_mechanism(self, mech: str) -> tuple:
+        """pyspf's parse of a mechanism term, within the bounds above."""
+        _bounded(mech, "term")
+        return super().validate_mechanism(mech)
+
+    def expand_domain(self, arg: str) -> str:
+        """pyspf's domain-spec check and expansion, within the bounds above."""
+        _bounded(arg, "domain-spec")
+        if _LONG_LITERAL_LABEL.search(arg):
+            raise pyspf.PermError("Invalid domain found (a label longer than 63 characters)",
+                                  arg[:80])
+        return super().expand_domain(arg)
+
+    def expand(self, s: str, stripdot: bool = True) -> str:
+        """pyspf's macro expansion (domain-specs and exp= texts), within the bounds above."""
+        _bounded(s, "macro-string")
+        return super().expand(s, stripdot)
 
     def dns(self, name: str, qtype: str, cnames: dict | None = None,
             ignore_void: bool = False) -> list:

@@ -62,3 +62,13 @@ def test_hostile_arc_headers_never_raise():
                  b"ARC-Authentication-Results: i=99999999999999999999; x\r\n",
                  b"ARC-Message-Signature: i=1; h=" + b"a:" * 10000 + b"b\r\n"):
         assert validate(Message.parse(junk + BODY)).result == "fail"
+
+
+@pytest.mark.parametrize("instance", ["²", "١", "1²", "٣"])
+def test_an_instance_in_other_digits_is_a_broken_chain_not_an_exception(instance):
+    """Found by tests/unit/test_fuzz_parsers.py: "²" passed str.isdigit() and int() raised
+    ValueError, which would have tempfailed the message on every retry; "١" (ARABIC-INDIC ONE)
+    was read as instance 1.  RFC 8617 s. 4.2.1 instance = 1*2DIGIT: ASCII digits only."""
+    raw = arc_set(1).replace(b"ARC-Seal: i=1", f"ARC-Seal: i={instance}".encode())
+    result = validate(chain(raw))
+    assert result.result == "fail" and "no valid instance" in result.reason

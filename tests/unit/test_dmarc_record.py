@@ -192,3 +192,14 @@ def test_discovery_objects_pickle():
 def test_empty_p_is_an_invalid_p():
     assert record("v=DMARC1; p=").policy_error
     assert record("v=DMARC1; p=; rua=mailto:a@example.com").p == "none"
+
+
+@pytest.mark.parametrize("tag", ["pct", "ri"])
+def test_numbers_too_long_for_int_fall_back_to_the_default(tag):
+    """Found by tests/unit/test_fuzz_parsers.py: int() refuses more than 4300 digits with
+    ValueError, which escaped parse_record.  Leading zeros still count for nothing."""
+    default = {"pct": 100, "ri": 86400}[tag]
+    parsed = parse_record(f"v=DMARC1; p=none; {tag}=" + "9" * 5000, mode="rfc7489")
+    assert getattr(parsed, tag) == default and any(p.startswith(f"{tag}=") for p in parsed.problems)
+    assert getattr(parse_record(f"v=DMARC1; p=none; {tag}=" + "0" * 5000 + "50", mode="rfc7489"), tag) == 50
+    assert getattr(parse_record(f"v=DMARC1; p=none; {tag}=²", mode="rfc7489"), tag) == default

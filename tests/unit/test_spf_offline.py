@@ -3,6 +3,7 @@ guarantee that nothing escapes check_spf as an exception."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import spf as pyspf
@@ -97,3 +98,43 @@ def test_no_data_is_an_empty_list(status):
 def test_temperror_raises_pyspf_temperror_with_the_reason():
     with pytest.raises(pyspf.TempError, match="DNS timeout"):
         _pyspf_records(DnsAnswer("example.org", "TXT", "temperror", reason="DNS timeout"))
+
+
+# -- records built to make pyspf's regular expressions slow (found by test_fuzz_parsers.py) -----
+def published(record: str, **more) -> Resolver:
+    from authfilter.dns import StaticResolver
+    return StaticResolver({("example.org", "TXT"): [record], ("example.org", "A"): ["192.0.2.9"],
+                           ("explain.example.org", "TXT"): [more.get("exp", "not allowed")]})
+
+
+@pytest.mark.parametrize(("record", "why"), [
+    # pyspf's RE_TOPLAB is quadratic in a label that is not the last (20 KB took 10 s)
+    ("v=spf1 a:x." + "p" * 1000 + ".com -all", "label longer than 63 characters"),
+    ("v=spf1 a:x." + "p" * 20_000 + ".com -all", "longer than 1024 characters"),
+    ("v=spf1 include:a.b" + "c" * 64 + ".example.org -all", "label longer than 63 characters"),
+    # its macro scan is quadratic in "%{" without "}"
+    ("v=spf1 a:" + "%{" * 10_000 + ".com -all", "longer than 1024 characters"),
+    ("v=spf1 -all exp=" + "%{o}." * 12_000 + "example.org", "domain-spec longer than 1024"),
+    # pyspf's int() of a CIDR length raised ValueError past 4300 digits: "internal error"
+    ("v=spf1 mx//1" + "9" * 5000 + " -all", "term longer than 1024 characters"),
+], ids=["long-label", "20-KB-label", "64-character-label", "macro-run", "long-exp-domain",
+        "cidr-digits"])
+def test_hostile_domain_specs_are_permerror_in_milliseconds(record, why):
+    start = time.perf_counter()
+    result = check("alice@example.org", resolver=published(record))
+    assert time.perf_counter() - start < 0.5
+    assert result.result == "permerror" and why in result.reason, result
+
+
+def test_a_long_explanation_text_falls_back_to_the_default_in_milliseconds():
+    start = time.perf_counter()
+    result = check("alice@example.org", resolver=published("v=spf1 -all exp=explain.example.org",
+                                                           exp="%{" * 30_000))
+    assert time.perf_counter() - start < 0.5 and result.result == "fail"
+
+
+def test_domain_specs_of_real_length_are_untouched():
+    record = "v=spf1 a:" + "a" * 63 + ".example.org exists:%{ir}.%{l1r+-}._spf.%{d} -all"
+    assert check("alice@example.org", resolver=published(record)).result == "fail"
+    assert check("alice@example.org", resolver=published("v=spf1 a -all")).result == "fail"
+    assert check("alice@example.org", resolver=published("v=spf1 a:example.org/24 -all")).result == "pass"

@@ -100,3 +100,29 @@ def test_ip_terms(kind, rest, problem):
 def test_dual_cidr_length(cidr, ok):
     """s. 5.6 dual-cidr-length."""
     assert (cidr_problem(cidr) is None) is ok
+
+
+def test_prefix_lengths_in_other_digits_or_too_long_are_problems_not_exceptions():
+    """Found by tests/unit/test_fuzz_parsers.py: "²" passed str.isdigit() and int() raised
+    ValueError, as it does past 4300 digits; "\\d" also matched "١" (ARABIC-INDIC ONE).
+    s. 12: prefix lengths are ASCII digits without leading zeros, as pyspf reads them."""
+    for rest in (":192.0.2.1/²", ":192.0.2.1/" + "9" * 5000, ":192.0.2.1/١"):
+        assert ip_problem("ip4", rest).endswith("is not a valid prefix length")
+    for cidr in ("/" + "9" * 5000, "//" + "1" * 5000, "/١", "//١٢", "/024", "//0064", "/²"):
+        assert cidr_problem(cidr) == f"bad prefix length {cidr!r}"
+    for cidr in ("", "/0", "/32", "//0", "//128", "/24//64"):
+        assert cidr_problem(cidr) is None
+
+
+def test_a_long_last_label_is_judged_in_linear_time():
+    """Found by tests/unit/test_fuzz_parsers.py: the toplabel regex backtracked quadratically
+    on a long label that fails at its end (20 KB after include: took 12 s, 30 KB 47 s)."""
+    import time
+    start = time.perf_counter()
+    for spec in ("e6.exa" + "m" * 30_000 + "-", "e4." + "exam" * 8_000 + "_", "x." + "9" * 30_000):
+        assert "does not end in a domain name" in domain_spec_problem(spec)
+    assert time.perf_counter() - start < 0.1
+    for good in ("example.com", "example.x-1", "example.1-x", "ex.a" + "b" * 62, "a.b.c."):
+        assert domain_spec_problem(good) is None, good
+    for bad in ("example.123", "example.-x", "example.x-", "example.é", "example."):
+        assert domain_spec_problem(bad) is not None, bad
