@@ -3,7 +3,6 @@ per message."""
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -75,24 +74,20 @@ def test_metrics_config_problems_name_the_key(value, message):
     assert message in info.value.problems[0]
 
 
-def test_message_done_is_cheap():
-    """The proxy calls message_done once per message; it must stay far below the ~2 ms of
-    CPU a message costs (budget: 20 microseconds)."""
+def test_message_done_counts_each_message_once():
+    """(Its cost, a few microseconds, is bench/bench_pipeline.py's to show, not a timed test's.)"""
     metrics = Metrics()
     verdict = Verdict(SpfResult("pass", "mailfrom", "example.com"),
                       (DkimResult("pass", "example.com", "s1", "rsa-sha256"),),
                       ArcResult("none"), DmarcResult("pass", "example.com"))
     timings = {"spf": 0.001, "dkim": 0.002, "arc": 0.0001, "dmarc": 0.0002, "total": 0.003,
                "end_of_data": 0.004}
-    n = 5000
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(n):
-            metrics.message_done(verdict, "accept", timings)
-        best = min(best, (time.perf_counter() - start) / n)
-    assert metrics.registry.get_sample_value("authfilter_messages_total", {"action": "accept"}) == 5 * n
-    assert best < 20e-6, f"message_done took {best * 1e6:.1f} us"
+    for _ in range(3):
+        metrics.message_done(verdict, "accept", timings)
+    sample = metrics.registry.get_sample_value
+    assert sample("authfilter_messages_total", {"action": "accept"}) == 3
+    assert sample("authfilter_results_total", {"method": "dkim", "result": "pass"}) == 3
+    assert sample("authfilter_end_of_data_duration_seconds_count", {}) == 3
 
 
 def served_series() -> set[str]:
