@@ -124,3 +124,27 @@ def test_a_listed_client_keeps_its_session_for_the_next_message(zone, milter):
     asked = [q for q in zone.queries if q[0].endswith(ZONE)]
     assert len(asked) == 1
     assert SMFIR_CONTINUE not in replies
+
+
+def test_the_milter_tempfails_a_sasl_user_over_its_rate_limit_at_rcpt(zone, milter):
+    """An auth_user rule counts the SASL login ({auth_authen}) however trusted it is: a
+    stolen account cannot send on and on."""
+    import socket
+    import uuid
+    from authfilter.config import RateRuleConfig
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
+    config = milter_config()
+    config.ratelimit.key_prefix = f"test:{uuid.uuid4().hex}:"
+    config.ratelimit.rules = [RateRuleConfig(key="auth_user", limit=2, period=3600)]
+    m = milter(config)
+    finals = []
+    for _ in range(3):
+        with session(m, ip=CLEAN_IP.encode(), macros={b"{auth_authen}": b"alice"}) as client:
+            outcome = client.message(message(), b"<alice@example.org>", [b"<bob@example.net>"])
+            client.quit()
+        finals.append((outcome.delivered is not None, outcome.reply))
+    assert [delivered for delivered, _ in finals] == [True, True, False]
+    assert finals[2][1].startswith(b"451 4.7.28 ")
