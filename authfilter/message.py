@@ -27,6 +27,7 @@ from typing import Iterable
 MAX_HEADER_FIELDS = 10_000          # past this the rest of the header block is ignored (errors says so)
 MAX_HEADER_BYTES = 256 * 1024       # header block, its empty line included (Exchange Online's limit)
 MAX_FIELD_LINES = 1_000             # lines of one field: its first line and continuation lines
+HEADER_TOO_BIG = f"message header over {MAX_HEADER_BYTES} bytes"
 MAX_ERRORS = 20                     # problems described per message; the rest are counted
 _BARE_LF = re.compile(rb"\n(?<!\r\n)")    # starts with the literal LF: re scans for it at C speed
 _FIELD_LINE = re.compile(rb"^([!-9;-~]+[ \t]*):", re.ASCII)   # RFC 5322 ftext, obs WSP before ':' kept
@@ -54,7 +55,7 @@ def header_limit_problem(raw: bytes) -> str | None:
     end = raw.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES)
     if end < 0:
         if len(raw) > MAX_HEADER_BYTES:
-            return f"message header over {MAX_HEADER_BYTES} bytes"
+            return HEADER_TOO_BIG
         end = len(raw)                               # no body: all of it is header
     folds = raw.count(b"\r\n ", 0, end) + raw.count(b"\r\n\t", 0, end)
     if raw.count(b"\r\n", 0, end) + 1 - folds > MAX_HEADER_FIELDS:

@@ -26,7 +26,7 @@ from . import protocol as p
 from . import proxy_protocol
 from .generation import ProxyGeneration
 from .message_flow import BROKEN, RESET
-from .receiver import BareCR, DataTooBig, LineTooLong, ReceiveBuffer
+from .receiver import LineTooLong, ReceiveBuffer, Refused
 from .relay import Relay
 from .state import OUT_OF_ORDER, SessionState
 from .upstream import set_nodelay
@@ -389,16 +389,9 @@ class SmtpSession(asyncio.Protocol):
         self.write(p.START_DATA)
         try:
             content = await self.read_data()
-        except DataTooBig as big:
-            log.info("message from %s too big (%d bytes or more)",
-                     self.relay.message.facts.client_ip, big.size)
-            self.write(p.SIZE_EXCEEDED)
-            await self.relay.end(RESET)
-            return
-        except BareCR:               # see receiver.py: never relayed, never normalized
-            log.info("message from %s refused: bare CR in DATA",
-                     self.relay.message.facts.client_ip)
-            self.write(p.BARE_CR)
+        except Refused as refused:   # too big, header too big, bare CR (see receiver.py)
+            log.info("message from %s refused: %s", self.relay.message.facts.client_ip, refused)
+            self.write(refused.reply)
             await self.relay.end(RESET)
             return
         outcome = await self.relay.data(content, self.buffer.release_block(), lambda: self.alive)

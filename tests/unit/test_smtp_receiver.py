@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from authfilter.smtp.receiver import BareCR, DataTooBig, LineTooLong, ReceiveBuffer, stuff, unstuff
+from authfilter.message import MAX_HEADER_BYTES, header_limit_problem
+from authfilter.smtp.receiver import (BareCR, DataTooBig, HeaderTooBig, LineTooLong, ReceiveBuffer,
+                                      stuff, unstuff)
 
 
 def feed(*chunks: bytes) -> ReceiveBuffer:
@@ -228,3 +230,54 @@ def test_released_block_is_forgotten():
     assert buf.take_data(1000) == b".a\r\n"
     assert buf.release_block() == b"..a\r\n"
     assert buf.wire == b""
+
+
+def test_a_header_over_the_limit_is_skipped_as_soon_as_that_is_certain():
+    """A fold bomb (1.6 MB of header) is not buffered nor scanned line by line past
+    MAX_HEADER_BYTES: the rest is skipped like an over-size block, then refused."""
+    bomb = b"Subject: x" + b"\r\n x" * 400_000 + b"\r\n\r\nbody\r\n.\r\nNOOP\r\n"
+    buf = ReceiveBuffer()
+    buf.begin_data()
+    for i in range(0, len(bomb), 65536):
+        buf.feed(bomb[i:i + 65536])
+        if not buf.data_complete(10 << 20):
+            assert len(buf) < MAX_HEADER_BYTES + 2 * 65536           # bounded
+    with pytest.raises(HeaderTooBig) as refused:
+        buf.take_data(10 << 20)
+    assert refused.value.reply == f"552 5.3.4 Error: message header over {MAX_HEADER_BYTES} bytes\r\n".encode()
+    assert buf.take_line(512) == b"NOOP"
+
+
+def test_the_early_header_test_counts_the_header_unstuffed():
+    """Stuffing dots make the header longer on the wire than in the message: a header at the
+    limit once unstuffed is not refused early (the front-end's exact test decides)."""
+    line = b".X-Dotted: " + b"y" * 50 + b"\r\n"
+    head = line * ((MAX_HEADER_BYTES - 100) // len(line))
+    head += b"Z: " + b"z" * (MAX_HEADER_BYTES - len(head) - 7) + b"\r\n\r\n"
+    assert len(head) == MAX_HEADER_BYTES
+    wire = stuff(head + b"body\r\n" * 20_000)
+    assert len(wire) > MAX_HEADER_BYTES + 4000
+    buf = ReceiveBuffer()
+    buf.begin_data()
+    content = None
+    for i in range(0, len(wire) + 3, 1000):
+        buf.feed((wire + b".\r\n")[i:i + 1000])
+        content = buf.take_data(10 << 20)
+        if content is not None:
+            break
+    assert content == head + b"body\r\n" * 20_000 and header_limit_problem(content) is None
+    # and one byte more is refused, early, whatever the chunks
+    over = stuff(b"A: b\r\n" + head + b"body\r\n" * 20_000) + b".\r\n"
+    buf.begin_data()
+    with pytest.raises(HeaderTooBig):
+        for i in range(0, len(over), 1000):
+            buf.feed(over[i:i + 1000])
+            assert buf.take_data(10 << 20) is None
+
+
+def test_after_a_bare_lf_the_header_is_left_to_the_exact_test():
+    head = b"Subject: x" + b"\n x" * 100_000 + b"\r\n\r\n"
+    buf = feed(head + b"body\r\n.\r\n")
+    buf.begin_data()
+    content = buf.take_data(10 << 20)
+    assert header_limit_problem(content) == f"message header over {MAX_HEADER_BYTES} bytes"
