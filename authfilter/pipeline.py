@@ -44,8 +44,8 @@ from typing import AsyncIterator
 from .authres import HEADER_NAME, authserv_id_of, build_header, header_value
 from .dkimcore import BodyHashes
 from .logline import format_kv, message_record
-from .message import (HeaderField, Message, removal_of, split_field, with_fields_on_top,
-                      without_fields)
+from .message import (HeaderField, Message, header_limit_problem, removal_of, split_field,
+                      with_fields_on_top, without_fields)
 from .observers import BackgroundObserver, MessageEvent
 from .policy import ACCEPT, QUARANTINE, REJECT, TEMPFAIL, Action, ActionWord
 from .reports.hooks import observers_from_config
@@ -243,6 +243,11 @@ class Transaction:
         ``crlf_only``: the caller knows it has no bare LF).  Called once."""
         self.started_data = time.monotonic()
         self._size = len(raw)
+        # a header over a limit of authfilter.message is refused before anything parses it
+        problem = header_limit_problem(raw) if crlf_only else None
+        if problem is not None:
+            self.disposition = d = self._over_limits(problem)
+            return d
         message = Message.parse(raw, crlf_only=crlf_only)
         if self.facts.role == "inbound":
             d = await self._inbound(message)
@@ -250,6 +255,17 @@ class Transaction:
             d = self._outbound(message)
         self.disposition = d
         return d
+
+    def _over_limits(self, problem: str) -> Disposition:
+        """552 5.3.4, as for an over-size message; local mail (never refused) goes on
+        unchanged, unchecked and unsigned."""
+        nothing = Message.parse(b"\r\n")
+        if self.facts.role == "local":
+            action = Action(ACCEPT, f"local; {problem}: passed on unchecked")
+        else:
+            action = Action(REJECT, problem, SmtpReply(552, f"5.3.4 Error: {problem}"))
+        log.info("message from %s: %s", self.facts.client_text, problem)
+        return Disposition(action.kind, action.reply, (), (), None, action, nothing)
 
     async def _inbound(self, message: Message) -> Disposition:
         rt = self.runtime

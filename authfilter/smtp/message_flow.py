@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from ..metrics import Metrics
-from ..message import Message, header_limit_problem, remove_from_head, render_fields
+from ..message import Message, remove_from_head, render_fields
 from ..pipeline import Disposition, Transaction
 from ..results import SmtpReply
 from . import protocol
@@ -69,13 +69,7 @@ async def handle_message(tx: Transaction, content: bytes, wire: bytes,
                          conn: UpstreamConnection, client_alive: Callable[[], bool],
                          metrics: Metrics) -> Outcome:
     """The pipeline's disposition of one DATA block, relayed when it says so; the client's
-    reply comes back (the transaction is :meth:`~Transaction.done` when this returns, unless
-    the header is over a limit of :mod:`authfilter.message`: then it is refused with 552
-    before anything parses it, as an over-size message is, and the relay abandons it)."""
-    problem = header_limit_problem(content)
-    if problem is not None:
-        log.info("message from %s refused: %s", tx.facts.client_ip, problem)
-        return Outcome(protocol.reply(552, f"5.3.4 Error: {problem}"), RESET)
+    reply comes back (the transaction is :meth:`~Transaction.done` when this returns)."""
     d = await tx.finish(content, crlf_only=True)     # the receiver normalized any bare LF
     upstream_reply: protocol.Reply | None = None
     if not d.relays:

@@ -27,7 +27,7 @@ def run_serve(tmp_path, sink, log_format: str, *, journal: bool = False) -> list
     port = free_port()
     config = tmp_path / "authfilter.toml"
     config.write_text(f'[logging]\nformat = "{log_format}"\n[proxy]\nworkers = 1\n'
-                      f'upstream = "{sink.address}"\noffload_workers = 0\n'
+                      f'upstream = "{sink.address}"\noffload_workers = 0\n[milter]\nlisteners = []\n'
                       f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
     read_end, write_end = os.pipe()
     env = dict(os.environ, STATE_DIRECTORY=str(tmp_path))

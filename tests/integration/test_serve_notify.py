@@ -22,7 +22,9 @@ def receive(sock: socket.socket, timeout: float) -> dict[str, str]:
 def test_ready_when_listening_and_stopping_on_sigterm(tmp_path, workers):
     port = free_port()
     config = tmp_path / "authfilter.toml"
+    # no milter: the embedded default port 10030 may be another test's (test_serve_defaults)
     config.write_text(f'[proxy]\nworkers = {workers}\nupstream = "127.0.0.1:{free_port()}"\n'
+                      f'[milter]\nlisteners = []\n'
                       f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(str(tmp_path / "notify"))

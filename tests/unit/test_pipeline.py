@@ -244,3 +244,20 @@ def test_a_check_that_breaks_tempfails_the_message_never_rejects_it():
     d = dispose(p, message(), ip=OTHER)
     assert d.action == "tempfail" and d.reply.code == 451 and d.reply.text.startswith("4.3.0 ")
     assert "internal error in dkim check" in d.decision.reason
+
+
+@pytest.mark.parametrize("role, action", [("inbound", "reject"), ("submission", "reject"),
+                                          ("local", "accept")])
+def test_a_header_over_the_limits_is_refused_552_before_it_is_parsed(role, action):
+    """What every front-end gets (the milter too): a field folded 1,000 times is refused; local
+    mail, never refused, goes on unchanged."""
+    bomb = b"X-Fold: a" + b"\r\n b" * 1000 + b"\r\n"
+    async def run():
+        tx = pipeline(zone()).begin(SessionFacts(CLIENT, "h", "alice@example.org", role=role))
+        d = await tx.finish(message(extra=bomb), crlf_only=True)
+        tx.abandon()
+        return d
+    d = asyncio.run(run())
+    assert d.action == action and d.prepend == () and d.remove == ()
+    if action == "reject":
+        assert d.reply == (552, "5.3.4 Error: message header field with more than 1000 lines")
