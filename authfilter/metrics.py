@@ -44,6 +44,16 @@ of :data:`RESULT_WORDS`), so its panels show 0 rather than "No data":
                                               file descriptors, start time
 ============================================  ==========================================
 
+With rate limits configured (``[[ratelimit.rules]]``, :mod:`authfilter.ratelimit`), there are
+two more series: ``authfilter_ratelimit_total{rule,outcome}`` counts, per rule and for each
+RCPT decision that concerned it, the outcome ``allowed`` (counted, within the limit), or
+else ``limited`` (this rule refused it; the other rules of that decision were not charged
+and are not counted), ``error`` (Redis could not be asked) or ``exempt`` (a trusted client
+that the rule does not count); each rule's series are there at 0 from the start.  The
+gauge ``authfilter_ratelimit_redis_up`` is 1 when the last round trip to Redis succeeded, 0
+when it failed (absent before the first); with several workers the endpoint serves the
+lowest, so 1 means that every worker reaches Redis.
+
 Several worker processes
 ------------------------
 With several workers (``proxy.workers``), the supervisor serves ``metrics.listen``
@@ -132,6 +142,10 @@ list, a DNS blocklist, the iprev rules or a rate limit."""
 """The ``(method, result)`` series of ``results_total`` there from the start: the RFC 8601
 s. 2.7 words the built-in checks report (a check of one's own shows up with its first result)."""
 PER_PROCESS = "process_"       # families of this prefix are per process, never summed
+LOWEST = frozenset({"authfilter_ratelimit_redis_up"})
+"""Gauges whose sum over workers means nothing: the supervisor serves the lowest value."""
+RATE_OUTCOMES = ("allowed", "limited", "error", "exempt")
+"""The ``outcome`` of ``ratelimit_total`` (see the module docstring)."""
 WORKER_TIMEOUT = 2.0           # seconds a scrape waits for a worker's answer
 _REQUEST = 8                   # bytes: the number of the scrape, echoed in the answer
 _MAX_ANSWER = 1 << 20          # an answer is one SEQPACKET message, bounded by the send buffer
@@ -233,6 +247,8 @@ class _HotPathCollector(Collector):
         self.checks = {name: _Histogram(LATENCY_BUCKETS)
                        for name in [*(check.name for check in REGISTRY), TOTAL]}
         self.end_of_data = _Histogram(LATENCY_BUCKETS)
+        self.ratelimit: dict[tuple[str, str], int] | None = None    # None: no rate limits
+        self.ratelimit_redis_up: int | None = None                 # None: Redis not asked yet
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("authfilter_sessions_open", "SMTP sessions open now",
@@ -259,6 +275,16 @@ class _HotPathCollector(Collector):
                                             "end of DATA to our final reply", labels=[])
         self.end_of_data.add_to(end_of_data, [])
         yield end_of_data
+        if self.ratelimit is not None:
+            limited = CounterMetricFamily("authfilter_ratelimit", "rate-limit decisions, by rule "
+                                          "and outcome", labels=["rule", "outcome"])
+            for (rule, outcome), count in dict(self.ratelimit).items():
+                limited.add_metric([rule, outcome], count)
+            yield limited
+        if self.ratelimit_redis_up is not None:
+            yield GaugeMetricFamily("authfilter_ratelimit_redis_up", "1 when the last round trip "
+                                    "to the rate limits' Redis succeeded, 0 when it failed",
+                                    value=self.ratelimit_redis_up)
 
 
 class _ResolverCollector(Collector):
@@ -382,6 +408,28 @@ class Metrics:
         for key in results:
             hot.results[key] = hot.results.get(key, 0) + 1
 
+    def ratelimit_rules(self, names: Iterable[str]) -> None:
+        """Rate limits are in use with these rules: their ``ratelimit_total`` series start at 0
+        (a reload keeps the counts of rules it drops)."""
+        hot = self._hot
+        counts = hot.ratelimit if hot.ratelimit is not None else {}
+        for name in names:
+            for outcome in RATE_OUTCOMES:
+                counts.setdefault((name, outcome), 0)
+        hot.ratelimit = counts
+
+    def ratelimit_counted(self, rule: str, outcome: str) -> None:
+        """One decision about ``rule``: ``outcome`` is one of :data:`RATE_OUTCOMES`."""
+        counts = self._hot.ratelimit
+        if counts is None:
+            counts = self._hot.ratelimit = {}
+        key = (rule, outcome)
+        counts[key] = counts.get(key, 0) + 1
+
+    def ratelimit_redis(self, up: bool) -> None:
+        """The last round trip to the rate limits' Redis succeeded (True) or failed."""
+        self._hot.ratelimit_redis_up = 1 if up else 0
+
     def upstream_error(self, kind: str) -> None:
         """``kind``: one of :data:`UPSTREAM_ERRORS`."""
         errors = self._hot.upstream_errors
@@ -430,7 +478,10 @@ def _add(sums: _Sums, families: Iterable[list], worker: str | None = None) -> No
         own = (("worker", worker),) if worker is not None and name.startswith(PER_PROCESS) else ()
         for sample, labels, value in samples:
             key = (sample, tuple(map(tuple, labels)) + own)
-            values[key] = values.get(key, 0) + value
+            if name in LOWEST:
+                values[key] = min(values.get(key, value), value)
+            else:
+                values[key] = values.get(key, 0) + value
 
 
 def _families(sums: _Sums) -> list:
