@@ -596,6 +596,122 @@ class SigningConfig:
             raise ValueError(f"arc.headers: {', '.join(bad)} must not be signed (RFC 8617 s. 4.1.2)")
 
 
+# -- ratelimit: rate limits shared by every worker and node, in Redis (authfilter/ratelimit.py) --
+RATE_KEYS = ("client_ip", "client_net", "sender_domain", "auth_user", "recipient")
+RATE_ROLES = ("inbound", "submission")
+
+
+def _check_redis_url(value: str) -> None:
+    """redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH[?db=DB];
+    checked here without importing redis."""
+    from urllib.parse import parse_qs, urlsplit
+    shape = (f"{value!r} is not redis://HOST[:PORT][/DB], rediss://HOST[:PORT][/DB] or "
+             f"unix:///PATH[?db=DB]")
+    try:
+        url = urlsplit(value)
+        port = url.port                       # raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(shape) from None
+    if url.scheme in ("redis", "rediss"):
+        db = url.path.strip("/")
+        if not url.hostname or (db and not db.isdigit()) or (port is not None and not port):
+            raise ValueError(shape)
+    elif url.scheme == "unix":
+        db = parse_qs(url.query).get("db", ["0"])[0]
+        if not url.path.startswith("/") or url.netloc or not db.isdigit():
+            raise ValueError(shape)
+    else:
+        raise ValueError(shape)
+
+
+def _check_key_prefix(value: str) -> None:
+    if not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError(f"{value!r}: use printable ASCII without spaces (e.g. authfilter:rl:)")
+
+
+def _check_rate_roles(values: list[str]) -> None:
+    if not values:
+        raise ValueError(f"give {' or '.join(RATE_ROLES)} or both (local mail is never refused)")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{values!r} names a role twice")
+
+
+def _check_rule_name(value: str) -> None:
+    if len(value) > 64 or not all(33 <= ord(c) <= 126 and c not in "\\\"" for c in value):
+        raise ValueError(f"{value!r}: up to 64 printable ASCII characters, no spaces or quotes "
+                         f"(it labels logs and metrics)")
+
+
+MAX_RATE = 1_000_000
+"""Tokens per second one rule may give back: an interval below 1 us is not a rate limit."""
+
+
+@dataclass
+class RateRuleConfig:
+    key: Literal["client_ip", "client_net", "sender_domain", "auth_user", "recipient"] = setting(
+        "client_ip", "what is counted: client_ip (the client address), client_net (its "
+                     "network, see ipv4_prefix/ipv6_prefix), sender_domain (MAIL FROM's domain; "
+                     "not the null sender), auth_user (the SASL login), each once per message; "
+                     "recipient (each RCPT address, once per recipient)")
+    limit: int = setting(100, "messages (recipients for key = recipient) per period: the bucket "
+                              "holds this many, one comes back every period/limit seconds",
+                         minimum=1, maximum=1_000_000_000)
+    period: float = setting(3600.0, "seconds", minimum=1, maximum=31 * 86400)
+    action: Literal["tempfail", "reject"] = setting(
+        "tempfail", "what a client over the limit gets at RCPT: tempfail (451 4.7.28, with a "
+                    "retry hint) or reject (550 5.7.28)")
+    name: str = setting("", "the rule's label in logs, metrics and Redis keys; empty = "
+                            "KEY/PERIODs, e.g. client_ip/3600s", check=_check_rule_name)
+    roles: list[Literal["inbound", "submission"]] = setting(
+        list(RATE_ROLES), "listener roles counted: inbound, submission (local mail is never "
+                          "refused)", check=_check_rate_roles)
+    trusted: bool = setting(False, "also count clients in policy.trusted_networks (and others "
+                                   "vouched for); auth_user rules count a logged-in user "
+                                   "whatever the trust, since logging in is what the milter "
+                                   "trusts")
+    ipv4_prefix: int = setting(24, "key = client_net: IPv4 network length", minimum=8, maximum=32)
+    ipv6_prefix: int = setting(64, "key = client_net: IPv6 network length", minimum=16, maximum=128)
+
+    def __post_init__(self) -> None:
+        if self.limit / self.period > MAX_RATE:
+            raise ValueError(f"limit {self.limit} per {self.period:g} s is over {MAX_RATE:,} "
+                             f"per second")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.key}/{self.period:g}s"
+
+
+@dataclass
+class RateLimitConfig:
+    redis: str = setting("redis://127.0.0.1:6379/0", "Redis shared by every worker and node: "
+                                                     "redis://[:PASSWORD@]HOST[:PORT][/DB], "
+                                                     "rediss:// (TLS) or unix:///PATH[?db=DB]; "
+                                                     "asked only when rules are set",
+                         check=_check_redis_url)
+    on_redis_error: Literal["accept", "tempfail"] = setting(
+        "accept", "when Redis cannot be asked in time: accept (the limiter failing never loses or "
+                  "refuses mail) or tempfail (451 4.3.0)")
+    timeout: float = setting(0.5, "seconds one Redis round trip may take (and never more than "
+                                  "what is left of the RCPT wait)", minimum=0.01, maximum=10)
+    error_backoff: float = setting(2.0, "seconds Redis is left alone after a failure, answering "
+                                        "as on_redis_error says meanwhile, so that mail does not "
+                                        "wait for the timeout while it is down", minimum=0,
+                                   maximum=300)
+    key_prefix: str = setting("authfilter:rl:", "prefix of our Redis keys (one key per bucket, "
+                                                "expiring on its own)", check=_check_key_prefix)
+    rules: list[RateRuleConfig] = setting([], "the limits, one [[ratelimit.rules]] table each; "
+                                              "[] = none (Redis is never contacted)")
+
+    def __post_init__(self) -> None:
+        seen: dict[str, int] = {}
+        for i, rule in enumerate(self.rules):
+            if rule.label in seen:
+                raise ValueError(f"rules[{i}].name: {rule.label!r} is also the name of "
+                                 f"rules[{seen[rule.label]}]; give each rule its own name")
+            seen[rule.label] = i
+
+
 @dataclass
 class Config:
     general: GeneralConfig = section(GeneralConfig, "identity and overall deadline")
@@ -614,6 +730,8 @@ class Config:
     policy: PolicyConfig = section(PolicyConfig, "what to do with the verdict, and local exceptions")
     reports: ReportsConfig = section(ReportsConfig, "DMARC aggregate reports (RFC 9990)")
     signing: SigningConfig = section(SigningConfig, "DKIM signing (RFC 6376, 8463) and ARC sealing (RFC 8617)")
+    ratelimit: RateLimitConfig = section(RateLimitConfig, "rate limits at RCPT, shared by every "
+                                                          "worker and node in Redis")
     source: str | None = field(default=None, metadata={"internal": True})
 
 
