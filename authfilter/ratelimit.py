@@ -121,9 +121,8 @@ for i, key in ipairs(KEYS) do
 end
 if #limited > 0 then return limited end
 for i, key in ipairs(KEYS) do
-  -- the key goes when the bucket is full again (TAT reached): nothing left to remember
   redis.call('SET', key, string.format('%.17g', tats[i]),
-             'PX', math.max(1, math.ceil((tats[i] - now) / 1000)))
+             'PX', string.format('%d', math.ceil((tats[i] - now) / 1000)))
 end
 return limited
 """
@@ -245,7 +244,6 @@ class RateLimiter:
         self.config = config
         self._metrics = metrics
         self._rules = [_Rule(rule, config.key_prefix) for rule in config.rules]
-        self._message_rules = [r for r in self._rules if r.per_message]
         self._recipient_rules = [r for r in self._rules if not r.per_message]
         self._timeout = config.timeout
         self._backoff = config.error_backoff
@@ -272,7 +270,8 @@ class RateLimiter:
             metrics.ratelimit_rules(rule.name for rule in self._rules)
 
     @classmethod
-    def from_config(cls, config: "Config", metrics: "Metrics | None" = None) -> "RateLimiter | None":
+    def from_config(cls, config: "Config",
+                    metrics: "Metrics | None" = None) -> "RateLimiter | None":
         """The limiter of ``config``'s ``[ratelimit]``; None when it has no rules."""
         if not config.ratelimit.rules:
             return None
@@ -323,7 +322,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(budget):
                 limited = await self._run(len(buckets), args)
-        except Exception as exc:        # TimeoutError, redis' errors, OSError: never raised on
+        except Exception as exc:        # TimeoutError, redis-py's errors, OSError: an error
             return self._failed(buckets, exc if not isinstance(exc, TimeoutError)
                                 else TimeoutError(f"no answer within {budget:g} s"), now)
         self._answered()
@@ -357,9 +356,10 @@ class RateLimiter:
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._redis is None or self._owner != owner:
             redis = self._redis_module
+            # no socket_timeout: charge() bounds each call with asyncio.timeout, and redis-py
+            # would add an asyncio.wait_for (a task) to every read and write
             self._redis = redis.asyncio.Redis.from_url(
-                self.config.redis, socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout, health_check_interval=0,
+                self.config.redis, socket_connect_timeout=self._timeout, health_check_interval=0,
                 # one immediate retry on a broken connection (Redis restarted since it was
                 # opened); never on a timeout, where the script may have run
                 retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 1,

@@ -243,3 +243,22 @@ def test_a_worker_that_does_not_answer_in_time_shows_its_last_values(workers, mo
     release.set()                             # its late answer is not taken for the next one's
     workers.metrics[0].message_done(verdict(), "accept", {})
     assert scrape(workers.url)[("authfilter_messages_total", (("action", "accept"),))] == 3
+
+
+def test_rate_limit_counts_are_summed_and_redis_up_is_the_lowest_worker(workers):
+    first, second = workers.metrics
+    for m in (first, second):
+        m.ratelimit_rules(["client_ip/3600s"])
+    assert ("authfilter_ratelimit_redis_up", ()) not in scrape(workers.url)   # not asked yet
+    first.ratelimit_counted("client_ip/3600s", "allowed")
+    second.ratelimit_counted("client_ip/3600s", "allowed")
+    second.ratelimit_counted("client_ip/3600s", "limited")
+    first.ratelimit_redis(True)
+    second.ratelimit_redis(True)
+    s, rule = scrape(workers.url), ("rule", "client_ip/3600s")
+    assert s[("authfilter_ratelimit_total", (("outcome", "allowed"), rule))] == 2
+    assert s[("authfilter_ratelimit_total", (("outcome", "limited"), rule))] == 1
+    assert s[("authfilter_ratelimit_total", (("outcome", "error"), rule))] == 0
+    assert s[("authfilter_ratelimit_redis_up", ())] == 1
+    second.ratelimit_redis(False)              # one worker cannot reach Redis: not up
+    assert scrape(workers.url)[("authfilter_ratelimit_redis_up", ())] == 0
