@@ -71,6 +71,16 @@ UNSET: object = object()
 SCREEN_WAIT_LOOKUPS = 2
 
 
+def _stop(task: asyncio.Future | None) -> None:
+    """A check task nobody will await: cancelled if running, its failure marked as seen."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
 def _outcomes(outcomes: CheckOutcomes | None = None) -> asyncio.Future:
     future = asyncio.get_running_loop().create_future()
     future.set_result(outcomes or CheckOutcomes())
@@ -98,12 +108,7 @@ class ClientScreen:
 
     def close(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled():
-            task.exception()           # a failure nobody waits for: marked as seen
+        _stop(task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,12 +404,7 @@ class Transaction:
         if own is not None:
             own.close()
         task, self._spf = self._spf, None
-        if task is None:
-            return
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled():
-            task.exception()           # a failure nobody waits for: marked as seen
+        _stop(task)
 
 
 class Pipeline:
