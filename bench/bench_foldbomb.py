@@ -21,18 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_proxy import (CLIENT_IP, _reply, free_port, load, percentile, stop,  # noqa: E402
-                               wait_listening, wire)
+from bench.bench_proxy import (CLIENT_IP, _reply, load, percentile,  # noqa: E402
+                               proxy_under_test, wire)
 from bench.common import DOMAIN, dns_server, message, rsa_key, text_body  # noqa: E402
 
 
@@ -99,43 +96,15 @@ def main() -> None:
     pem, pub = rsa_key()
     dns = dns_server(pub)
     small, bomb = wire(message(text_body(4 * 1024), pem)), fold_bomb(a.folds)
-    sink_port, proxy_port = free_port(), free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-foldbomb-"))
-    config = tmp / "authfilter.toml"
-    config.write_text(f"""
-[general]
-authserv_id = "bench.test"
-[dns]
-nameservers = ["{dns.address}"]
-[proxy]
-upstream = "127.0.0.1:{sink_port}"
-workers = {a.workers}
-offload_workers = {a.offload}
-max_sessions = 1000
-[[proxy.listeners]]
-address = "127.0.0.1:{proxy_port}"
-[policy]
-trusted_networks = []
-""")
-    root = Path(__file__).resolve().parent.parent
-    sink = subprocess.Popen([sys.executable, str(root / "bench" / "bench_proxy.py"), "--sink", str(sink_port)])
-    proxy_log = (tmp / "authfilter.log").open("wb")
-    proxy = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
-                             cwd=root, stdout=proxy_log, stderr=proxy_log)
     try:
-        wait_listening(sink_port, sink)
-        wait_listening(proxy_port, proxy)
-        time.sleep(1.0)                                   # let the offload pool start
-        asyncio.run(load(proxy_port, small, 1, 50, 30, True))                    # warm up
-        alone = asyncio.run(load(proxy_port, small, 1, 1_000_000, a.seconds, True))[0]
-        beside, bombs = asyncio.run(beside_bombs(proxy_port, small, bomb, a.bombers, a.seconds,
-                                                 a.pause))
+        with proxy_under_test(dns.address, workers=a.workers, offload=a.offload,
+                              prefix="bench-foldbomb-") as (proxy_port, _, _):
+            asyncio.run(load(proxy_port, small, 1, 50, 30, True))                # warm up
+            alone = asyncio.run(load(proxy_port, small, 1, 1_000_000, a.seconds, True))[0]
+            beside, bombs = asyncio.run(beside_bombs(proxy_port, small, bomb, a.bombers,
+                                                     a.seconds, a.pause))
     finally:
-        stop(proxy)
-        stop(sink)
         dns.stop()
-        proxy_log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     row = {"folds": a.folds, "bomb_bytes": len(bomb), "workers": a.workers, "bombers": a.bombers,
            "pause_s": a.pause,
            "alone_p50_ms": percentile(alone, 0.5), "alone_p99_ms": percentile(alone, 0.99),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -215,6 +217,48 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+@contextlib.contextmanager
+def proxy_under_test(dns_address: str, *, workers: int, offload: int, prefix: str
+                     ) -> Iterator[tuple[int, int, subprocess.Popen]]:
+    """``authfilter serve`` as a before-queue proxy in front of this file's sink (each a
+    subprocess), on the loopback DNS server: ``(proxy port, sink port, serve process)`` once
+    both listen; stopped and cleaned up on leaving."""
+    sink_port, proxy_port = free_port(), free_port()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    config = tmp / "authfilter.toml"
+    config.write_text(f"""
+[general]
+authserv_id = "bench.test"
+[dns]
+nameservers = ["{dns_address}"]
+[proxy]
+upstream = "127.0.0.1:{sink_port}"
+workers = {workers}
+offload_workers = {offload}
+max_sessions = 1000
+[[proxy.listeners]]
+address = "127.0.0.1:{proxy_port}"
+[policy]
+trusted_networks = []
+""")
+    root = Path(__file__).resolve().parent.parent
+    sink = subprocess.Popen([sys.executable, str(root / "bench" / "bench_proxy.py"), "--sink",
+                             str(sink_port)])
+    proxy_log = (tmp / "authfilter.log").open("wb")
+    proxy = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
+                             cwd=root, stdout=proxy_log, stderr=proxy_log)
+    try:
+        wait_listening(sink_port, sink)
+        wait_listening(proxy_port, proxy)
+        time.sleep(1.0)                                   # let the offload pool start
+        yield proxy_port, sink_port, proxy
+    finally:
+        stop(proxy)
+        stop(sink)
+        proxy_log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def mixed(port: int, payloads: dict[str, bytes], seconds: float) -> dict:
     """4 KB messages one at a time, alone and then beside a stream of 2 MB messages (two at a
     time): how much a big message's verification delays the other sessions of the proxy."""
@@ -259,76 +303,48 @@ def main() -> None:
     pem, pub = rsa_key()
     dns = dns_server(pub)
     payloads = {name: wire(message(text_body(size), pem)) for name, size in SIZES.items()}
-    sink_port, proxy_port = free_port(), free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
-    config = tmp / "authfilter.toml"
-    config.write_text(f"""
-[general]
-authserv_id = "bench.test"
-[dns]
-nameservers = ["{dns.address}"]
-[proxy]
-upstream = "127.0.0.1:{sink_port}"
-workers = {a.workers}
-offload_workers = {a.offload}
-max_sessions = 1000
-[[proxy.listeners]]
-address = "127.0.0.1:{proxy_port}"
-[policy]
-trusted_networks = []
-""")
-    sink = subprocess.Popen([sys.executable, __file__, "--sink", str(sink_port)])
-    proxy_log = (tmp / "authfilter.log").open("wb")
-    proxy = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
-                             cwd=Path(__file__).resolve().parent.parent, stdout=proxy_log,
-                             stderr=proxy_log)
     results = []
     try:
-        wait_listening(sink_port, sink)
-        wait_listening(proxy_port, proxy)
-        time.sleep(1.0)                                   # let the offload pool start
-        print(f"{'cell':<10} {'target':<7} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'CPU ms/msg (sys)':>16} {'peak RSS MB (max/sum)':>22} {'errors':>6}")
-        for cell in a.cells.split(","):
-            if cell == "mix":
-                results.append(mixed(proxy_port, payloads, a.seconds))
-                continue
-            size, conc = cell.split(":")
-            conc = int(conc)
-            payload = payloads[size]
-            asyncio.run(load(proxy_port, payload, min(conc, 10), 40, 30, True))     # warm up
-            row = {"size": size, "concurrency": conc}
-            for target, port in (("proxy", proxy_port), ("sink", sink_port)):
-                pids = descendants(proxy.pid)
-                cpu0 = cpu_seconds(pids)
-                lat, elapsed, errors = asyncio.run(load(port, payload, conc, a.count, a.seconds,
-                                                        target == "proxy"))
-                pids = descendants(proxy.pid)
-                user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pids)))
-                cpu = user + system
-                n = len(lat)
-                rss_max, rss_sum = peak_rss_mb(pids)
-                row[target] = {"msgs_per_s": n / elapsed if elapsed else 0, "p50_ms": percentile(lat, 0.5),
-                               "p99_ms": percentile(lat, 0.99), "messages": n, "errors": errors,
-                               "cpu_ms_per_msg": cpu * 1000 / n if n and target == "proxy" else None,
-                               "system_ms_per_msg": system * 1000 / n if n and target == "proxy" else None,
-                               "peak_rss_mb_max": rss_max, "peak_rss_mb_sum": rss_sum}
-                r = row[target]
-                cpu_text = f"{r['cpu_ms_per_msg']:.2f} ({r['system_ms_per_msg']:.2f})" \
-                    if r["cpu_ms_per_msg"] is not None else "-"
-                rss_text = f"{rss_max:.0f}/{rss_sum:.0f}" if target == "proxy" else "-"
-                print(f"{size + ':' + str(conc):<10} {target:<7} {r['msgs_per_s']:>8.0f} "
-                      f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu_text:>16} {rss_text:>22} {errors:>6}")
-            added = (row["proxy"]["p50_ms"] - row["sink"]["p50_ms"], row["proxy"]["p99_ms"] - row["sink"]["p99_ms"])
-            row["added_p50_ms"], row["added_p99_ms"] = added
-            print(f"{'':<10} {'added':<7} {'':>8} {added[0]:>8.2f} {added[1]:>8.2f}")
-            results.append(row)
+        with proxy_under_test(dns.address, workers=a.workers, offload=a.offload,
+                              prefix="bench-proxy-") as (proxy_port, sink_port, proxy):
+            print(f"{'cell':<10} {'target':<7} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+                  f"{'CPU ms/msg (sys)':>16} {'peak RSS MB (max/sum)':>22} {'errors':>6}")
+            for cell in a.cells.split(","):
+                if cell == "mix":
+                    results.append(mixed(proxy_port, payloads, a.seconds))
+                    continue
+                size, conc = cell.split(":")
+                conc = int(conc)
+                payload = payloads[size]
+                asyncio.run(load(proxy_port, payload, min(conc, 10), 40, 30, True))     # warm up
+                row = {"size": size, "concurrency": conc}
+                for target, port in (("proxy", proxy_port), ("sink", sink_port)):
+                    pids = descendants(proxy.pid)
+                    cpu0 = cpu_seconds(pids)
+                    lat, elapsed, errors = asyncio.run(load(port, payload, conc, a.count, a.seconds,
+                                                            target == "proxy"))
+                    pids = descendants(proxy.pid)
+                    user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pids)))
+                    cpu = user + system
+                    n = len(lat)
+                    rss_max, rss_sum = peak_rss_mb(pids)
+                    row[target] = {"msgs_per_s": n / elapsed if elapsed else 0, "p50_ms": percentile(lat, 0.5),
+                                   "p99_ms": percentile(lat, 0.99), "messages": n, "errors": errors,
+                                   "cpu_ms_per_msg": cpu * 1000 / n if n and target == "proxy" else None,
+                                   "system_ms_per_msg": system * 1000 / n if n and target == "proxy" else None,
+                                   "peak_rss_mb_max": rss_max, "peak_rss_mb_sum": rss_sum}
+                    r = row[target]
+                    cpu_text = f"{r['cpu_ms_per_msg']:.2f} ({r['system_ms_per_msg']:.2f})" \
+                        if r["cpu_ms_per_msg"] is not None else "-"
+                    rss_text = f"{rss_max:.0f}/{rss_sum:.0f}" if target == "proxy" else "-"
+                    print(f"{size + ':' + str(conc):<10} {target:<7} {r['msgs_per_s']:>8.0f} "
+                          f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {cpu_text:>16} {rss_text:>22} {errors:>6}")
+                added = (row["proxy"]["p50_ms"] - row["sink"]["p50_ms"], row["proxy"]["p99_ms"] - row["sink"]["p99_ms"])
+                row["added_p50_ms"], row["added_p99_ms"] = added
+                print(f"{'':<10} {'added':<7} {'':>8} {added[0]:>8.2f} {added[1]:>8.2f}")
+                results.append(row)
     finally:
-        stop(proxy)
-        stop(sink)
         dns.stop()
-        proxy_log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 
