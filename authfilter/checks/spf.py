@@ -8,6 +8,13 @@ on a miss raises :class:`_NeedDNS`.  :func:`check_spf` then awaits the missing l
 the check again from the start ("restartable evaluation", docs/libraries.md s. 2.2 (b)).  With
 a warm cache a check is one synchronous pass; a cold one takes one round per DNS dependency.
 
+A pass runs on the event loop only while the records it has read stay small
+(:data:`LOOP_PASS_TXT_BYTES`: every real record chain fits).  Records are the sender's to make
+big: nine includes of ~40 KB took ~135 ms of parsing per message, during which every other
+session of the worker waited.  Such an evaluation goes on in a thread of its own, whose lookups
+the event loop answers (:meth:`_Evaluation.lookup`), so the loop serves other sessions meanwhile
+(Python hands the loop the interpreter at least every 5 ms).
+
 The processing limits of RFC 7208 s. 4.6.4 are pyspf's (10 DNS-querying terms, 2 void lookups,
 10 MX / PTR names), with two of its readings corrected in :class:`_Query`: void lookups are
 counted per term, and an ``mx`` term with more than 10 names fails only if it has to look past
@@ -19,6 +26,7 @@ The engine runs :class:`SpfCheck` and :class:`HeloSpfCheck` (envelope checks,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import re
 import time
@@ -42,24 +50,47 @@ _ERROR_PREFIXES = ("SPF Permanent Error: ", "SPF Temporary Error: ")
 
 DnsKey = tuple[str, str]    # (name as pyspf asks it, record type)
 
+# SPF record text one pass on the event loop may read (about 3 ms of pyspf parsing); past it
+# the evaluation goes on in a thread.  The biggest real chains are a few KB.
+LOOP_PASS_TXT_BYTES = 8 * 1024
+# Evaluations in threads at once, per worker; more wait for a thread (within their deadline).
+SPF_THREADS = 4
+_threads = concurrent.futures.ThreadPoolExecutor(SPF_THREADS, thread_name_prefix="authfilter-spf")
+
 
 class _NeedDNS(Exception):
     """Raised inside pyspf when an answer is not known yet; the check is re-run once it is."""
 
 
+class _TooBigForTheLoop(Exception):
+    """Raised inside pyspf when a pass on the event loop has read more record text than
+    :data:`LOOP_PASS_TXT_BYTES`; the check goes on in a thread."""
+
+
 @dataclass(slots=True)
 class _Evaluation:
-    """The DNS answers one check has used so far, and the ones it still needs."""
+    """The DNS answers one check has used so far, and the ones it still needs.
+
+    On the event loop a missing answer ends the pass (:class:`_NeedDNS`).  In a thread
+    (``loop`` set) a missing answer is asked of the loop, and the thread waits for it: the
+    resolver and its cache are only ever used from the loop's thread.
+    """
 
     resolver: Resolver
     address_type: str                                   # "A" or "AAAA": the client's family
+    end: float                                          # time.monotonic() deadline
     answers: dict[DnsKey, DnsAnswer] = field(default_factory=dict)
     missing: set[DnsKey] = field(default_factory=set)
+    loop: asyncio.AbstractEventLoop | None = None       # set while a thread runs the pass
+    txt_bytes: int = 0                                  # record text read by this pass
+    too_big: bool = False
 
     def lookup(self, name: str, qtype: str) -> list:
         key = (name, qtype)         # pyspf gives names lower-case without the final dot
         answer = self.answers.get(key)
-        if answer is None:
+        if answer is None and self.loop is not None:
+            answer = self._ask_the_loop(key)
+        elif answer is None:
             answer = self.resolver.peek(*key)
             if answer is None:
                 # pyspf swallows every exception while fetching an exp= text, so the miss is
@@ -67,7 +98,24 @@ class _Evaluation:
                 self.missing.add(key)
                 raise _NeedDNS(key)
             self.answers[key] = answer      # one evaluation sees one answer per question
+        if self.loop is None and answer.rdtype == "TXT" and answer.ok:
+            self.txt_bytes += sum(map(len, answer.records))
+            if self.txt_bytes > LOOP_PASS_TXT_BYTES:
+                self.too_big = True         # recorded too: pyspf may swallow the exception
+                raise _TooBigForTheLoop(key)
         return _pyspf_records(answer)
+
+    def _ask_the_loop(self, key: DnsKey) -> DnsAnswer:
+        """The answer for ``key``, fetched by the event loop while this thread waits."""
+        remaining = self.end - time.monotonic()
+        if remaining > 0:
+            asking = asyncio.run_coroutine_threadsafe(self._fetch(key, self.end), self.loop)
+            try:
+                asking.result(remaining)
+                return self.answers[key]
+            except concurrent.futures.TimeoutError:
+                asking.cancel()
+        raise pyspf.TempError("SPF time limit reached")
 
     async def fetch_missing(self, deadline: float) -> None:
         keys, self.missing = self.missing, set()
@@ -339,32 +387,43 @@ async def _evaluate(identity: _Identity, facts: SessionFacts, resolver: Resolver
     remembered = resolver.recall(memo_key)
     if remembered is not None:
         return remembered  # type: ignore[return-value]
-    evaluation = _Evaluation(resolver, "A" if ip.version == 4 else "AAAA")
+    evaluation = _Evaluation(resolver, "A" if ip.version == 4 else "AAAA", end)
+    query_args = (str(ip), identity.local, identity.domain, facts.helo or "", receiver)
     for _ in range(MAX_ROUNDS):
         remaining = end - time.monotonic()
         if remaining <= 0:
             return _result(identity, "temperror", "SPF time limit reached")
-        token = _current.set(evaluation)
-        try:
-            query = _Query(str(ip), identity.local, identity.domain, facts.helo or "", receiver,
-                           querytime=remaining)
-            outcome = query.check()
-        except _NeedDNS:
-            outcome = None
-        finally:
-            _current.reset(token)
-        if not evaluation.missing:
-            result = _from_pyspf(identity, *outcome)
-            if result.result != "temperror":
-                # valid while every answer it was computed from stays in the DNS cache
-                resolver.remember(memo_key, result, evaluation.answers)
-            return result
-        try:
-            async with asyncio.timeout(remaining):
-                await evaluation.fetch_missing(end)
-        except TimeoutError:
-            return _result(identity, "temperror", "SPF time limit reached")
+        outcome = _run_pass(evaluation, query_args, remaining)
+        if evaluation.too_big:
+            evaluation.loop = asyncio.get_running_loop()
+            outcome = await evaluation.loop.run_in_executor(_threads, _run_pass, evaluation,
+                                                            query_args, remaining)
+        elif evaluation.missing:
+            try:
+                async with asyncio.timeout(remaining):
+                    await evaluation.fetch_missing(end)
+            except TimeoutError:
+                return _result(identity, "temperror", "SPF time limit reached")
+            continue
+        result = _from_pyspf(identity, *outcome)
+        if result.result != "temperror":
+            # valid while every answer it was computed from stays in the DNS cache
+            resolver.remember(memo_key, result, evaluation.answers)
+        return result
     return _result(identity, "temperror", f"SPF evaluation needed more than {MAX_ROUNDS} rounds of DNS")
+
+
+def _run_pass(evaluation: _Evaluation, query_args: tuple, remaining: float) -> tuple | None:
+    """One pyspf evaluation with ``evaluation``'s answers (None: it stopped at a missing
+    answer or at the loop's size budget)."""
+    evaluation.txt_bytes = 0
+    token = _current.set(evaluation)
+    try:
+        return _Query(*query_args, querytime=remaining).check()
+    except (_NeedDNS, _TooBigForTheLoop):
+        return None
+    finally:
+        _current.reset(token)
 
 
 def _from_pyspf(identity: _Identity, result: str, code: int, explanation: str) -> SpfResult:

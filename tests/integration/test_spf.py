@@ -172,6 +172,59 @@ def test_garbage_and_huge_txt_records(zone, resolver):
     assert check(resolver, mail_from="a@huge.example.org").result == "pass"
 
 
+
+def publish_heavy_chain(zone, domain="big.example.org", includes=9, terms=2600):
+    """A record with nine includes of ~40 KB each: pyspf takes ~100 ms and more per pass over
+    them.  The client address of the test is in the last one."""
+    zone.add(domain, "TXT", "v=spf1 " + " ".join(f"include:_s{i}.{domain}" for i in range(includes))
+             + " -all")
+    for i in range(includes):
+        record = "v=spf1 " + " ".join(f"ip4:10.{i}.{j // 256}.{j % 256}" for j in range(terms))
+        zone.add(f"_s{i}.{domain}", "TXT", record + (f" ip4:{CLIENT}" if i == includes - 1 else "")
+                 + " ~all")
+
+
+def test_a_huge_record_chain_is_evaluated_without_stalling_the_event_loop(zone, resolver):
+    """The parsing goes on in a thread; other coroutines keep being served meanwhile (on the
+    loop, one warm pass took ~135 ms during which nothing else ran)."""
+    publish_heavy_chain(zone)
+
+    async def check_while_ticking(ip):
+        gaps, last, done = [], time.perf_counter(), asyncio.Event()
+
+        async def tick():
+            nonlocal last
+            while not done.is_set():
+                await asyncio.sleep(0.001)
+                gaps.append(time.perf_counter() - last)
+                last = time.perf_counter()
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0)
+        result = await check_spf(SessionFacts.create(ip, "mail.example.org", "a@big.example.org"),
+                                 resolver)
+        done.set()
+        await ticker
+        return result, max(gaps)
+
+    async def main():
+        results = [await check_while_ticking(CLIENT)]                  # cold
+        results += [await check_while_ticking(ip) for ip in (CLIENT, "198.51.100.1")]  # warm
+        return results
+    (cold, _), (warm, warm_gap), (other, other_gap) = asyncio.run(main())
+    assert (cold.result, warm.result, other.result) == ("pass", "pass", "fail")
+    assert max(warm_gap, other_gap) < 0.1, (warm_gap, other_gap)
+
+
+def test_a_huge_record_chain_still_ends_at_the_spf_deadline(zone):
+    publish_heavy_chain(zone)
+    zone.misbehave("_s8.big.example.org", "timeout")          # the last include never answers
+    slow = Resolver([zone.address], timeout=5, lifetime=5)
+    started = time.monotonic()
+    result = check(slow, mail_from="a@big.example.org", timeout=1.0)
+    assert result.result == "temperror" and "time" in result.reason
+    assert time.monotonic() - started < 2.5
+
+
 # -- DNS failures and time ----------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["timeout", "servfail", "garbage"])
 def test_dns_failure_is_temperror(zone, how):
