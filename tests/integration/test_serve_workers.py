@@ -17,40 +17,7 @@ import pytest
 from authfilter.metrics import ACTIONS, UPSTREAM_ERRORS
 from tests.scrape import scrape
 from tests.smtpsink import SmtpSink
-from tests.support import free_port, wait_for
-
-
-def parents() -> dict[int, int]:
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            out[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def descendants(pid: int) -> set[int]:
-    tree = parents()
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in tree.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    return {p for p in pids if Path(f"/proc/{p}").exists()
-            and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()}
-
-
-def serve(tmp_path, config_text: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
-    """`authfilter serve` on ``config_text``, its report store under ``tmp_path``."""
-    config = tmp_path / "authfilter.toml"
-    config.write_text(config_text)
-    return subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
-                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=stderr)
+from tests.support import alive, children, descendants, free_port, serve, wait_for
 
 
 def test_a_killed_worker_leaves_nothing_behind_and_a_stop_leaves_nothing(tmp_path):
@@ -60,15 +27,14 @@ def test_a_killed_worker_leaves_nothing_behind_and_a_stop_leaves_nothing(tmp_pat
     try:
         # two workers, each with its forkserver, pool process and resource tracker
         assert wait_for(lambda: len(descendants(proc.pid)) >= 2 * 4), descendants(proc.pid)
-        workers = {p for p, parent in parents().items() if parent == proc.pid}
+        workers = children(proc.pid)
         victim = min(workers)
         helpers = descendants(victim)
         assert helpers, "the worker has helper processes"
         seen = descendants(proc.pid)
         os.kill(victim, signal.SIGKILL)
         assert wait_for(lambda: not alive(helpers)), f"left behind: {alive(helpers)}"
-        assert wait_for(lambda: len({p for p, parent in parents().items()
-                                     if parent == proc.pid} - {victim}) == 2)   # restarted
+        assert wait_for(lambda: len(children(proc.pid) - {victim}) == 2)   # restarted
         seen |= descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -138,7 +104,7 @@ def test_one_metrics_endpoint_counts_every_message_of_every_worker(tmp_path):
                                           for line in refusals)
         assert sum("outcome=delivered" in line for line in lines) == sent
 
-        victim = min(p for p, parent in parents().items() if parent == proc.pid)
+        victim = min(children(proc.pid))
         os.kill(victim, signal.SIGKILL)
         restarts = lambda: sum(v for (name, _), v in scrape(url).items()
                                if name == "authfilter_worker_restarts_total")
@@ -180,8 +146,8 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path):
     proc = serve(tmp_path, f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "127.0.0.1:{free_port()}"\n'
                            f'[milter]\nlisteners = []\n[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
     try:
-        assert wait_for(lambda: len({p for p, parent in parents().items() if parent == proc.pid}) == 2)
-        workers = {p for p, parent in parents().items() if parent == proc.pid}
+        assert wait_for(lambda: len(children(proc.pid)) == 2)
+        workers = children(proc.pid)
         proc.kill()
         proc.wait(timeout=10)
         assert wait_for(lambda: not alive(workers), 30), f"still running: {alive(workers)}"
