@@ -17,6 +17,11 @@ CONNECT_TIMEOUT = 10
 SCHEMA_LOCK_KEY = 0x61757468666C74
 
 
+def _one_line(exc: Exception) -> str:
+    """psycopg's message on one line (its texts hold newlines and tabs: one warning, one line)."""
+    return " ".join(str(exc).split())
+
+
 class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         try:
@@ -29,7 +34,7 @@ class PostgresStore(Store):
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         except psycopg.Error as exc:
-            raise StoreError(f"{self.url}: cannot connect: {str(exc).strip()}") from None
+            raise StoreError(f"{self.url}: cannot connect: {_one_line(exc)}") from None
         self._streams = 0
 
     def _sql(self, statement: str) -> str:
@@ -49,7 +54,7 @@ class PostgresStore(Store):
                 with cur:
                     yield cur
         except self._psycopg.Error as exc:
-            raise StoreError(f"{self.url}: {str(exc).strip()}") from exc
+            raise StoreError(f"{self.url}: {_one_line(exc)}") from exc
 
     def insert_rows(self, rows: Sequence[EvaluationRow]) -> None:
         """COPY rather than INSERT: several times faster for the recorder's batches."""

@@ -220,6 +220,7 @@ def test_with_the_report_store_down_mail_flows_and_the_rows_follow_when_it_is_ba
     assert " WARNING authfilter.reports: report store unavailable, " in warning
     assert f"127.0.0.1:{store_port}" in warning and "cannot connect" in warning
     assert "Traceback" not in text and "rows lost" not in text
+    assert "\n\t" not in text                      # psycopg's multi-line text on one line
     assert len(sink.messages) == 4
 
 

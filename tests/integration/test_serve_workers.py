@@ -23,7 +23,7 @@ from tests.support import alive, children, descendants, free_port, serve, wait_f
 def test_a_killed_worker_leaves_nothing_behind_and_a_stop_leaves_nothing(tmp_path):
     port = free_port()
     proc = serve(tmp_path, f'[proxy]\nworkers = 2\noffload_workers = 1\nupstream = "127.0.0.1:{free_port()}"\n'
-                           f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
+                           f'[milter]\nlisteners = []\n[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n')
     try:
         # two workers, each with its forkserver, pool process and resource tracker
         assert wait_for(lambda: len(descendants(proc.pid)) >= 2 * 4), descendants(proc.pid)
@@ -58,7 +58,7 @@ def test_one_metrics_endpoint_counts_every_message_of_every_worker(tmp_path):
     stderr = tmp_path / "stderr"
     with stderr.open("wb") as log:
         proc = serve(tmp_path, f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "{sink.address}"\n'
-                               f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n'
+                               f'[milter]\nlisteners = []\n[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n'
                                f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n', stderr=log)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     accepted = lambda: scrape(url)[("authfilter_messages_total", (("action", "accept"),))]
@@ -129,7 +129,7 @@ def test_a_busy_metrics_address_stops_the_supervisor_with_its_name(tmp_path):
         taken = busy.getsockname()[1]
         config = tmp_path / "authfilter.toml"
         config.write_text(f'[proxy]\nworkers = 2\noffload_workers = 0\nupstream = "127.0.0.1:1"\n'
-                          f'[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n'
+                          f'[milter]\nlisteners = []\n[[proxy.listeners]]\naddress = "127.0.0.1:{port}"\n'
                           f'[metrics]\nlisten = "127.0.0.1:{taken}"\n')
         done = subprocess.run([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
                               env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
