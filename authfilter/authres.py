@@ -22,6 +22,7 @@ MAX_PROPERTY = 320            # the longest domain is 253; local-part@domain may
 
 # RFC 2045 token: no CTLs, SPACE or tspecials.  RFC 8601 pvalue also allows "@" and "." inside.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~@/]+$")
+_COMMENT_SPECIAL = re.compile(r"[()\\]")          # quoted-pair'd inside a comment
 
 
 def property_value(v: str) -> str:
@@ -44,8 +45,11 @@ def comment(text: str | None) -> str:
     text = " ".join(text.split())  # one line: no CR/LF/tabs from DNS or library messages
     if len(text) > MAX_COMMENT:
         text = text[:MAX_COMMENT - 3] + "..."
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
-    return " (" + re.sub(r"([()\\])", r"\\\1", text) + ")"
+    if not text.isascii():
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
+    if "(" in text or ")" in text or "\\" in text:
+        text = _COMMENT_SPECIAL.sub(r"\\\g<0>", text)
+    return " (" + text + ")"
 
 
 def result_strings(facts: SessionFacts, verdict: Verdict) -> list[str]:

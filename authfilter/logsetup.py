@@ -76,6 +76,12 @@ def formatter_for(config: Config) -> logging.Formatter:
 
 def configure(config: Config) -> None:
     """The root logger's one handler (stderr) and level, for ``serve``."""
+    # What no format of ours shows is not gathered for each record (the logging HOWTO,
+    # "Optimization"): the caller's file and line (a walk up the stack), the thread's and
+    # the multiprocessing process's names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter_for(config))
     root = logging.getLogger()

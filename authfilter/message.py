@@ -179,6 +179,8 @@ def fold_at_spaces(value: bytes, column: int) -> bytes:
     at ``column``, stay within :data:`LINE_COLUMNS` where a space allows it.  Removing the
     CRLFs gives ``value`` back (RFC 5322 s. 2.2.3 unfolding), and relaxed canonicalization
     (RFC 6376 s. 3.4.2) sees the same bytes folded or not."""
+    if column + len(value) <= LINE_COLUMNS:
+        return value
     words = value.split(b" ")
     lines, line, used = [], words[0], column + len(words[0])
     for word in words[1:]:

@@ -54,11 +54,16 @@ class SessionFacts:
     trusted: bool = False
     role: Role = "inbound"
     auth_user: str | None = None
+    # the client address for logs and reports: ``unknown`` when it is not known (the log
+    # line, A-R comments and report rows each ask for it: formatted once)
+    client_text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ip = self.client_ip
         if ip is not None and not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-            object.__setattr__(self, "client_ip", ipaddress.ip_address(ip))
+            ip = ipaddress.ip_address(ip)
+            object.__setattr__(self, "client_ip", ip)
+        object.__setattr__(self, "client_text", "unknown" if ip is None else str(ip))
         if not isinstance(self.recipients, tuple):
             object.__setattr__(self, "recipients", tuple(self.recipients))
         if self.role not in ROLES:
@@ -70,11 +75,6 @@ class SessionFacts:
                role: Role = "inbound", auth_user: str | None = None) -> "SessionFacts":
         return cls(ipaddress.ip_address(client_ip) if client_ip else None, helo or None,
                    mail_from, tuple(recipients), trusted, role, auth_user or None)
-
-    @property
-    def client_text(self) -> str:
-        """The client address for logs and reports: ``unknown`` when it is not known."""
-        return "unknown" if self.client_ip is None else str(self.client_ip)
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,7 +276,7 @@ class ArcCheck(ContentCheck[ArcResult]):
             if a.oldest_pass is not None:
                 s += f" header.oldest-pass={a.oldest_pass}"
             if facts.client_ip is not None:
-                s += f" smtp.remote-ip={facts.client_ip}"
+                s += f" smtp.remote-ip={facts.client_text}"
         return [s]
 
     def summary(self, result: ArcResult) -> list[str]:

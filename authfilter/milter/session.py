@@ -272,10 +272,10 @@ class MilterConnection(asyncio.Protocol):
         self._write(negotiated.reply)
 
     def _connect(self, event: Connect) -> None:
-        self._client_ip = event.ip
+        self._client_ip = ip = event.ip
         self.peer = _text(self.table.macro(b"{daemon_name}")) or self._socket_peer
         self._end_client()
-        self._client = self.pipeline.client(event.ip, role=self.role)
+        self._client = self.pipeline.client(ip, role=self.role)
 
     def _greeting(self, event: Helo) -> None:
         self._end_message()              # a HELO inside a transaction abandons it (RFC 5321)

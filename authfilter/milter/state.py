@@ -222,9 +222,13 @@ class MilterSession:
 
     def _keep_macros(self, event: Macro) -> None:
         rank = _MACRO_STAGE_RANK.get(event.stage)
-        if rank is not None:
-            self._forget_macros(rank)
-            self._macros.append((rank, event.macros))
+        if rank is None:
+            return
+        macros = self._macros
+        if macros and macros[-1][0] == rank and macros[-1][1] is event.macros:
+            return      # Postfix's same list again, before each header and body chunk
+        self._forget_macros(rank)
+        macros.append((rank, event.macros))
 
     def _forget_macros(self, first_rank: int) -> None:
         macros = self._macros
