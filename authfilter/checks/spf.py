@@ -10,7 +10,7 @@ a warm cache a check is one synchronous pass; a cold one takes one round per DNS
 
 A pass runs on the event loop only while the records it has read stay small
 (:data:`LOOP_PASS_TXT_BYTES`: every real record chain fits).  Records are the sender's to make
-big: nine includes of ~40 KB took ~135 ms of parsing per message, during which every other
+big: nine includes of ~40 KB took 135-650 ms of parsing per message, during which every other
 session of the worker waited.  Such an evaluation goes on in a thread of its own, whose lookups
 the event loop answers (:meth:`_Evaluation.lookup`), so the loop serves other sessions meanwhile
 (Python hands the loop the interpreter at least every 5 ms).
