@@ -4,6 +4,7 @@ between the 1 ms ticks of another coroutine while it is checked."""
 import asyncio, statistics, time
 import common  # noqa: F401,E402  (puts the checkout on sys.path)
 from tests.dnsserver import DnsTestServer
+from tests.mailtools import publish_spf_include_chain
 from authfilter.dns import Resolver
 from authfilter.results import SessionFacts
 from authfilter.checks.spf import check_spf
@@ -35,10 +36,7 @@ for label, ip in CASES.items():
     print(f"{label:36s} median {statistics.median(runs):6.1f} us  (min {min(runs):.1f}, max {max(runs):.1f})")
 
 HEAVY = "big.example.org"
-server.add(HEAVY, "TXT", "v=spf1 " + " ".join(f"include:_s{i}.{HEAVY}" for i in range(9)) + " -all")
-for i in range(9):
-    server.add(f"_s{i}.{HEAVY}", "TXT",
-               "v=spf1 " + " ".join(f"ip4:10.{i}.{j // 256}.{j % 256}" for j in range(2600)) + " ~all")
+publish_spf_include_chain(server, HEAVY)
 
 
 async def heavy(ips):

@@ -109,7 +109,7 @@ class _Evaluation:
         """The answer for ``key``, fetched by the event loop while this thread waits."""
         remaining = self.end - time.monotonic()
         if remaining > 0:
-            asking = asyncio.run_coroutine_threadsafe(self._fetch(key, self.end), self.loop)
+            asking = asyncio.run_coroutine_threadsafe(self._fetch(key), self.loop)
             try:
                 asking.result(remaining)
                 return self.answers[key]
@@ -117,17 +117,17 @@ class _Evaluation:
                 asking.cancel()
         raise pyspf.TempError("SPF time limit reached")
 
-    async def fetch_missing(self, deadline: float) -> None:
+    async def fetch_missing(self) -> None:
         keys, self.missing = self.missing, set()
-        await asyncio.gather(*(self._fetch(key, deadline) for key in keys))
+        await asyncio.gather(*(self._fetch(key) for key in keys))
 
-    async def _fetch(self, key: DnsKey, deadline: float) -> None:
-        answer = await self.resolver.query(*key, deadline=deadline)
+    async def _fetch(self, key: DnsKey) -> None:
+        answer = await self.resolver.query(*key, deadline=self.end)
         self.answers[key] = answer
         # pyspf's next pass will ask for the addresses of these names one by one; asking
         # for them all now saves a round each (the same queries pyspf itself would make).
         hosts = _names_needing_addresses(answer)
-        await asyncio.gather(*(self._fetch((host, self.address_type), deadline) for host in hosts
+        await asyncio.gather(*(self._fetch((host, self.address_type)) for host in hosts
                                if (host, self.address_type) not in self.answers))
 
 
@@ -401,7 +401,7 @@ async def _evaluate(identity: _Identity, facts: SessionFacts, resolver: Resolver
         elif evaluation.missing:
             try:
                 async with asyncio.timeout(remaining):
-                    await evaluation.fetch_missing(end)
+                    await evaluation.fetch_missing()
             except TimeoutError:
                 return _result(identity, "temperror", "SPF time limit reached")
             continue
