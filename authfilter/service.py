@@ -89,14 +89,15 @@ def make_executor(config: Config) -> Executor | None:
 
 
 # -- one worker ----------------------------------------------------------------------------
-async def run_worker(config_path: str | None, config: Config, *, workers: int,
+async def run_worker(config_path: str | None, config: Config, *, workers: int, slot: int = 0,
                      observer_factory: ObserverFactory, metrics_link: socket.socket | None = None,
                      listening: Callable[[], None] = lambda: None,
                      milter_sockets: Sequence[socket.socket | None] | None = None) -> int:
     """One worker: the proxy's and the milter's listeners on one pipeline.  ``metrics_link``
     is its end of the supervisor's metrics link (None: it serves ``metrics.listen`` itself,
     being the only process); ``listening`` is called once every listener is bound;
-    ``milter_sockets``: unix milter sockets the supervisor bound for all workers."""
+    ``milter_sockets``: unix milter sockets the supervisor bound for all workers, which the
+    worker in ``slot`` takes connections from in its turn (lowest slot first)."""
     loop = asyncio.get_running_loop()
     executor = make_executor(config)
     metrics = Metrics(standalone=metrics_link is None)
@@ -107,7 +108,8 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int,
     milter = MilterServer(milter_listeners(config), lambda: server.generation.pipeline,
                           metrics=metrics, limits=milter_limits(config),
                           max_sessions=share(config.milter.max_sessions, workers),
-                          reuse_port=workers > 1, sockets=milter_sockets, watchdog=server.watchdog)
+                          reuse_port=workers > 1, sockets=milter_sockets, rank=slot,
+                          ranks=workers, watchdog=server.watchdog)
     endpoint = None
     try:
         await server.start()
@@ -349,7 +351,7 @@ class Supervisor:
                 os.environ.pop("NOTIFY_SOCKET", None)     # the supervisor speaks for the service
                 metrics_link = self.metrics.in_worker(link) if link is not None else None
                 code = self.runner(run_worker(self.config_path, self.config, workers=self.workers,
-                                              observer_factory=self.observer_factory,
+                                              slot=slot, observer_factory=self.observer_factory,
                                               metrics_link=metrics_link,
                                               listening=lambda: self._say_listening(supervisor),
                                               milter_sockets=self.milter_sockets))

@@ -11,7 +11,7 @@ import time
 from authfilter.milter.codec import SMFIR_ACCEPT, SMFIR_REPLYCODE
 from tests.mailtools import header_fields, message, publish_domain, signed
 from tests.miltermta import MilterClient
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 MACROS = {b"{daemon_name}": b"mx.test", b"j": b"mx.test", b"v": b"Postfix 3.7.11"}
 
@@ -64,3 +64,53 @@ def test_serve_answers_milter_and_proxy_side_by_side(zone, tmp_path):
     assert any("action=accept" in line and "queue_id=4QA1" in line for line in lines), lines
     assert any("action=reject" in line for line in lines), lines
     assert not sock.exists()                                 # removed at the end
+
+
+def test_two_workers_fill_the_first_and_the_second_serves_when_it_stalls(zone, tmp_path):
+    """At a light load every connection goes to one worker (cheaper than spreading them); a
+    worker that stops answering (SIGSTOP) does not strand them: the other takes over."""
+    publish_domain(zone, "example.org")
+    sock = tmp_path / "milter.sock"
+    config = tmp_path / "authfilter.toml"
+    config.write_text(f'[general]\nauthserv_id = "mx.test"\n[dns]\nnameservers = ["{zone.address}"]\n'
+                      f'[policy]\ntrusted_networks = []\n'
+                      f'[proxy]\nworkers = 2\noffload_workers = 0\n'
+                      f'upstream = "127.0.0.1:{free_port()}"\n'
+                      f'[[proxy.listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
+                      f'[[milter.listeners]]\naddress = "unix:{sock}"\nsocket_mode = 0o600\n')
+    log = tmp_path / "out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config",
+                                 str(config)], env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)),
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+
+    def handled_by() -> list[int]:
+        """The worker of each message so far, from its session id (pid in hex)."""
+        return [int(line.split("session=")[1].split(".")[0], 16)
+                for line in log.read_text().splitlines() if "authfilter.message:" in line]
+
+    stopped = None
+    try:
+        assert wait_for(lambda: log.read_text().count("listening on") >= 2), log.read_text()
+        address = f"unix:{sock}"
+        for n in range(20):
+            assert deliver(address, signed(message()), b"<alice@example.org>",
+                           b"4QB%02d" % n).final == SMFIR_ACCEPT
+        assert wait_for(lambda: len(handled_by()) == 20)
+        workers = handled_by()
+        first = max(set(workers), key=workers.count)
+        assert workers.count(first) >= 19, workers     # one worker took (nearly) all of them
+        stopped = first
+        os.kill(first, signal.SIGSTOP)
+        started = time.monotonic()
+        assert deliver(address, signed(message()), b"<alice@example.org>",
+                       b"4QB99").final == SMFIR_ACCEPT
+        assert time.monotonic() - started < 5
+        assert wait_for(lambda: len(handled_by()) == 21)
+        assert handled_by()[-1] != first
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0, log.read_text()
