@@ -174,6 +174,9 @@ def remove_b_value(value: bytes) -> bytes:
 # every run at once cost less than a step per match.
 _SP_RUN = re.compile(rb"  +")
 _SP_CRLF = re.compile(rb" \r\n")
+# Relaxed body canonicalization in one pass, once tabs are spaces: every SP followed by another
+# SP or by CRLF goes (a run keeps its last SP; WSP at a line's end goes entirely).
+_SP_TO_DROP = re.compile(rb" (?= |\r\n)")
 
 
 def _few(data: bytes) -> int:
@@ -270,19 +273,31 @@ def canonicalize_body(body: bytes, algorithm: str) -> bytes:
 
 
 def _canonical_body(body: bytes, algorithm: str) -> tuple[bytes, int, bytes]:
-    """The canonical body as ``data[:end] + suffix``, so that hashing it needs no copy.
-
-    relaxed collapses WSP runs first, so that WSP at the end of a line is then exactly one SP
-    before the CRLF; two C-speed passes over text with no tab, no Python work per line.
-    """
+    """The canonical body as ``data[:end] + suffix``, so that hashing it needs no copy; relaxed
+    in C-speed passes over the whole body (:func:`_relaxed_body`), no Python work per line."""
     if algorithm == RELAXED:
-        body = _drop_sp_before_crlf(_collapse_wsp(body))
+        body = _relaxed_body(body)
     end = _end_without_trailing_empty_lines(body)
     if end is None:                        # last line has no CRLF: add one
         return body, len(body), b"\r\n"
     if end == 0:                           # no body, or nothing but empty lines
         return b"", 0, (b"\r\n" if algorithm == SIMPLE else b"")
     return body, end, b""
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 s. 3.4.4 (a) and (b).  Where SP is rare (base64, SP-sparse text) one ``re`` pass
+    drops what goes, while the drops are few (2 MB of SP-sparse text: 6.1 -> 2.1 ms); else, or
+    past that many, the two passes of :func:`_collapse_wsp` and :func:`_drop_sp_before_crlf`
+    (dropping a few first changes nothing they do: each dropped SP is one they drop too)."""
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    if _sp_is_rare(body):
+        limit = _few(body)
+        body, dropped = _SP_TO_DROP.subn(b"", body, count=limit)
+        if dropped < limit:
+            return body
+    return _drop_sp_before_crlf(_collapse_wsp(body))
 
 
 def _end_without_trailing_empty_lines(body: bytes) -> int | None:

@@ -132,6 +132,20 @@ def test_body_matches_dkimpy_on_long_random_inputs():
             assert canonicalize_body(ours, RELAXED) == Relaxed.canonicalize_body(theirs), raw
 
 
+def test_a_body_sp_sparse_at_the_start_and_dense_later_matches_dkimpy():
+    """SP is judged rare on the first 4 KB; past that many SPs to drop (more than one per 64
+    bytes) the one-pass drop stops and the general passes finish the job."""
+    rng = random.Random(4096)
+    for _ in range(20):
+        start = b"".join(rng.choice([b"word", b"x", b"-", b"\r\n"]) for _ in range(2000))
+        dense = b"".join(rng.choice([b"a  ", b" \t ", b"b \r\n", b"  \r\n", b"c"])
+                         for _ in range(rng.randrange(2000, 6000)))
+        raw = b"From: a@example.com\r\n\r\n" + start + dense + b"\r\n"
+        ours = Message.parse(raw).body
+        _, theirs = rfc822_parse(raw)
+        assert canonicalize_body(ours, RELAXED) == Relaxed.canonicalize_body(theirs)
+
+
 @pytest.mark.parametrize("length", [None, 0, 1, 7, 8, 9, 1000])
 def test_body_hash_with_length_limit_is_the_hash_of_the_prefix(length):
     import hashlib
