@@ -162,8 +162,8 @@ class SharedAcceptor:
     sharing the load evenly 1.54-1.66 ms, each waking up for fewer events with colder caches.
 
     ``accept(sock)`` is given each new connection.  A worker that is ``full()`` (at its session
-    limit) or busy (:data:`BUSY_SHARE`) leaves connections to the others until :meth:`resume`,
-    except the last rank, which takes them all (and refuses those over its limit, as a single
+    limit) leaves connections to the others until :meth:`resume`, one that is busy
+    (:data:`BUSY_SHARE`) for :data:`BUSY_WINDOW`; the exception is the last rank, which takes them all (and refuses those over its limit, as a single
     worker does).
     """
 
@@ -224,9 +224,13 @@ class SharedAcceptor:
 
     def _take(self) -> None:
         for _ in range(ACCEPT_BATCH):
-            if not self._last and (self._full() or self._is_busy()):
+            if not self._last and self._full():
                 self._unwatch()         # the next rank takes them; resume() when one ends
                 return
+            if not self._last and self._is_busy():
+                self._unwatch()         # the next rank takes them; look again in a while, as
+                self._timer = self._loop.call_later(BUSY_WINDOW, self._after_delay)
+                return                  # the busy part may not be milter sessions at all
             try:
                 connection, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):

@@ -108,3 +108,22 @@ def test_a_closed_acceptor_takes_nothing(listening):
         return len(first.taken), len(second.taken), client
     first, second, _ = run(go())
     assert (first, second) == (0, 1)
+
+
+def test_a_busy_rank_looks_again_without_a_session_ending(listening, monkeypatch):
+    """Busy with something else than its milter sessions (the proxy, SPF threads): no session
+    end will resume it, so it looks again by itself once the busy window has passed."""
+    import authfilter.milter.listener as listener
+    monkeypatch.setattr(listener, "BUSY_WINDOW", 0.05)
+
+    async def go():
+        first = Worker(listening, 0)
+        first.acceptor._busy = True                  # as sampled over the last window
+        first.acceptor._sampled = (time.monotonic(), time.process_time())
+        client = await connect(listening)
+        await asyncio.sleep(0.01)
+        before = len(first.taken)
+        await asyncio.sleep(0.2)                     # idle since: no longer busy
+        return before, len(first.taken), client
+    before, after, _ = run(go())
+    assert (before, after) == (0, 1)
