@@ -163,8 +163,8 @@ class SharedAcceptor:
 
     ``accept(sock)`` is given each new connection.  A worker that is ``full()`` (at its session
     limit) leaves connections to the others until :meth:`resume`, one that is busy
-    (:data:`BUSY_SHARE`) for :data:`BUSY_WINDOW`; the exception is the last rank, which takes them all (and refuses those over its limit, as a single
-    worker does).
+    (:data:`BUSY_SHARE`) for :data:`BUSY_WINDOW`; the exception is the last rank, which takes
+    them all (and refuses those over its limit, as a single worker does).
     """
 
     def __init__(self, sock: socket.socket, accept: Callable[[socket.socket], None], *,
