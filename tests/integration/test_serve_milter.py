@@ -26,19 +26,24 @@ def deliver(address: str, raw: bytes, mail_from: bytes, queue_id: bytes):
     return outcome
 
 
+def serve_two_workers(zone, tmp_path, sock, stdout, extra: str = "") -> subprocess.Popen:
+    """`authfilter serve`, 2 workers: an idle proxy listener and the milter on ``sock``."""
+    config = tmp_path / "authfilter.toml"
+    config.write_text(f'[general]\nauthserv_id = "mx.test"\n[dns]\nnameservers = ["{zone.address}"]\n'
+                      f'[policy]\ntrusted_networks = []\n'
+                      f'[proxy]\nworkers = 2\n{extra}upstream = "127.0.0.1:{free_port()}"\n'
+                      f'[[proxy.listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
+                      f'[[milter.listeners]]\naddress = "unix:{sock}"\nsocket_mode = 0o600\n')
+    return subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
+                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
+                            stdout=stdout, stderr=subprocess.STDOUT)
+
+
 def test_serve_answers_milter_and_proxy_side_by_side(zone, tmp_path):
     publish_domain(zone, "example.org")
     sock = tmp_path / "run" / "milter.sock"
     sock.parent.mkdir()
-    config = tmp_path / "authfilter.toml"
-    config.write_text(f'[general]\nauthserv_id = "mx.test"\n[dns]\nnameservers = ["{zone.address}"]\n'
-                      f'[policy]\ntrusted_networks = []\n'
-                      f'[proxy]\nworkers = 2\nupstream = "127.0.0.1:{free_port()}"\n'
-                      f'[[proxy.listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
-                      f'[[milter.listeners]]\naddress = "unix:{sock}"\nsocket_mode = 0o600\n')
-    proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
-                            env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = serve_two_workers(zone, tmp_path, sock, subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -71,18 +76,9 @@ def test_two_workers_fill_the_first_and_the_second_serves_when_it_stalls(zone, t
     worker that stops answering (SIGSTOP) does not strand them: the other takes over."""
     publish_domain(zone, "example.org")
     sock = tmp_path / "milter.sock"
-    config = tmp_path / "authfilter.toml"
-    config.write_text(f'[general]\nauthserv_id = "mx.test"\n[dns]\nnameservers = ["{zone.address}"]\n'
-                      f'[policy]\ntrusted_networks = []\n'
-                      f'[proxy]\nworkers = 2\noffload_workers = 0\n'
-                      f'upstream = "127.0.0.1:{free_port()}"\n'
-                      f'[[proxy.listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
-                      f'[[milter.listeners]]\naddress = "unix:{sock}"\nsocket_mode = 0o600\n')
     log = tmp_path / "out"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config",
-                                 str(config)], env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)),
-                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        proc = serve_two_workers(zone, tmp_path, sock, out, extra="offload_workers = 0\n")
 
     def handled_by() -> list[int]:
         """The worker of each message so far, from its session id (pid in hex)."""
