@@ -9,6 +9,7 @@ import sys
 import time
 
 from authfilter.milter.codec import SMFIR_ACCEPT, SMFIR_REPLYCODE
+from authfilter.milter.listener import BUSY_WINDOW
 from tests.mailtools import header_fields, message, publish_domain, signed
 from tests.miltermta import MilterClient
 from tests.support import free_port, wait_for
@@ -89,20 +90,25 @@ def test_two_workers_fill_the_first_and_the_second_serves_when_it_stalls(zone, t
     try:
         assert wait_for(lambda: log.read_text().count("listening on") >= 2), log.read_text()
         address = f"unix:{sock}"
+        for n in range(2):          # warm up: a first message's CPU can make a worker "busy"
+            deliver(address, signed(message()), b"<alice@example.org>", b"4QW%d" % n)
+        time.sleep(BUSY_WINDOW + 0.2)
         for n in range(20):
             assert deliver(address, signed(message()), b"<alice@example.org>",
                            b"4QB%02d" % n).final == SMFIR_ACCEPT
-        assert wait_for(lambda: len(handled_by()) == 20)
-        workers = handled_by()
+        assert wait_for(lambda: len(handled_by()) == 22)
+        workers = handled_by()[2:]
         first = max(set(workers), key=workers.count)
-        assert workers.count(first) >= 19, workers     # one worker took (nearly) all of them
+        # one worker took nearly all (spread evenly it was 10 of 20; a loaded machine may keep
+        # the first from its loop past the spill delay once or twice)
+        assert workers.count(first) >= 16, workers
         stopped = first
         os.kill(first, signal.SIGSTOP)
         started = time.monotonic()
         assert deliver(address, signed(message()), b"<alice@example.org>",
                        b"4QB99").final == SMFIR_ACCEPT
         assert time.monotonic() - started < 5
-        assert wait_for(lambda: len(handled_by()) == 21)
+        assert wait_for(lambda: len(handled_by()) == 23)
         assert handled_by()[-1] != first
     finally:
         if stopped is not None:
