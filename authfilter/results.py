@@ -6,6 +6,7 @@ they can go straight into an Authentication-Results header, a log line or JSON.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, NamedTuple
@@ -19,6 +20,14 @@ Role = Literal["inbound", "submission", "local"]
 of our own users); ``local`` signs locally submitted mail (Postfix ``non_smtpd_milters``) and
 never refuses it."""
 ROLES: tuple[Role, ...] = ("inbound", "submission", "local")
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_text(ip: IPAddress) -> str:
+    """``str(ip)``, remembered: :mod:`ipaddress` formats the address anew on every call (a few
+    microseconds), and each message of a client needs it several times (its facts, SPF,
+    iprev, report rows)."""
+    return str(ip)
 
 
 class SmtpReply(NamedTuple):
@@ -63,7 +72,7 @@ class SessionFacts:
         if ip is not None and not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
             ip = ipaddress.ip_address(ip)
             object.__setattr__(self, "client_ip", ip)
-        object.__setattr__(self, "client_text", "unknown" if ip is None else str(ip))
+        object.__setattr__(self, "client_text", "unknown" if ip is None else ip_text(ip))
         if not isinstance(self.recipients, tuple):
             object.__setattr__(self, "recipients", tuple(self.recipients))
         if self.role not in ROLES:

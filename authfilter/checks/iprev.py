@@ -24,7 +24,7 @@ from typing import Any, Awaitable
 from ..authres import comment
 from ..config import Config
 from ..dns import NODATA, NXDOMAIN, OK, TEMPERROR, Resolver
-from ..results import SessionFacts
+from ..results import SessionFacts, ip_text
 from .base import ClientCheck, summary_line
 
 
@@ -48,7 +48,7 @@ async def check_iprev(facts: SessionFacts, resolver: Resolver, *, max_names: int
     assert ip is not None
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    text = str(ip)
+    text = ip_text(ip)
     ptr = await resolver.query(ip.reverse_pointer, "PTR", deadline=deadline)
     if ptr.status in (NXDOMAIN, NODATA):
         return IprevResult("permerror", text, reason="no PTR record")

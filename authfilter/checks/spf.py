@@ -39,7 +39,7 @@ import spf as pyspf
 from ..authres import comment, property_value
 from ..config import Config
 from ..dns import OK, TEMPERROR, DnsAnswer, Resolver
-from ..results import SessionFacts, SpfResult
+from ..results import SessionFacts, SpfResult, ip_text
 from .base import EnvelopeCheck, summary_line
 
 # Evaluation passes per check.  A strict evaluation needs at most about 25: the record, 10
@@ -383,12 +383,12 @@ async def check_spf(facts: SessionFacts, resolver: Resolver, *, identity: str = 
 async def _evaluate(identity: _Identity, facts: SessionFacts, resolver: Resolver, end: float,
                     receiver: str) -> SpfResult:
     ip = _client_address(facts)
-    memo_key = ("spf", str(ip), identity.local, identity.domain, facts.helo or "", receiver)
+    memo_key = ("spf", ip_text(ip), identity.local, identity.domain, facts.helo or "", receiver)
     remembered = resolver.recall(memo_key)
     if remembered is not None:
         return remembered  # type: ignore[return-value]
     evaluation = _Evaluation(resolver, "A" if ip.version == 4 else "AAAA", end)
-    query_args = (str(ip), identity.local, identity.domain, facts.helo or "", receiver)
+    query_args = (ip_text(ip), identity.local, identity.domain, facts.helo or "", receiver)
     for _ in range(MAX_ROUNDS):
         remaining = end - time.monotonic()
         if remaining <= 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from typing import NamedTuple
 
-from ..results import SessionFacts, Verdict
+from ..results import SessionFacts, Verdict, ip_text
 
 # RFC 9990 "Policy Override Reason": the types a report may carry.
 OVERRIDE_TYPES = frozenset({"local_policy", "mailing_list", "other", "policy_test_mode",
@@ -62,9 +62,9 @@ def report_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """The address as the report schema's IPAddress pattern accepts it: dotted IPv4, or IPv6
     with all eight groups (the schema has no pattern for ``::``); IPv4-mapped becomes IPv4."""
     if ip.version == 4:
-        return str(ip)
+        return ip_text(ip)
     mapped = ip.ipv4_mapped
-    return str(mapped) if mapped is not None else ip.exploded
+    return ip_text(mapped) if mapped is not None else ip.exploded
 
 
 def domain_of(address: str | None) -> str:
