@@ -319,9 +319,9 @@ class ProxyConfig:
     upstream: str = setting("127.0.0.1:10026", "HOST:PORT of the MTA that gets accepted mail "
                                                "(Postfix's reinjection smtpd)", check=check_hostport)
     hostname: str = setting("", "name in our greeting and EHLO reply; empty = the authserv-id")
-    workers: int = setting(0, "worker processes sharing the listening ports (TCP: SO_REUSEPORT; "
-                              "a unix milter socket fills the first worker, the next takes "
-                              "connections when it is busy); 0 = one per CPU core",
+    workers: int = setting(0, "worker processes sharing the listening ports (the proxy's: "
+                              "SO_REUSEPORT; a milter listener's fills the first worker, the "
+                              "next takes connections when it is busy); 0 = one per CPU core",
                            minimum=0, maximum=256)
     max_sessions: int = setting(200, "concurrent SMTP sessions, all workers together (each takes "
                                      "an equal share); more get 421 4.3.2", minimum=1, maximum=100_000)

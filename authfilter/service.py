@@ -2,12 +2,17 @@
 ports, signals, reload and drain.
 
 Each worker runs the proxy's and the milter's listeners on one pipeline (one config
-generation, one set of metrics).  With ``proxy.workers`` = 1 the worker is this process.  Otherwise this process is a small
-supervisor: it checks that every listening address can be bound, forks the workers (each binds
-the ports itself with SO_REUSEPORT, so the kernel spreads connections across them), restarts a
-worker that dies, forwards SIGHUP (after checking that the new config loads), turns SIGTERM
-or SIGINT into a drain of every worker and serves ``metrics.listen`` for all of them
-(:class:`~authfilter.metrics.WorkersEndpoint`: one address, the sum over the workers).
+generation, one set of metrics).  With ``proxy.workers`` = 1 the worker is this process.
+Otherwise this process is a small supervisor: it checks that every listening address can be
+bound, forks the workers, restarts a worker that dies, forwards SIGHUP (after checking that
+the new config loads), turns SIGTERM or SIGINT into a drain of every worker and serves
+``metrics.listen`` for all of them (:class:`~authfilter.metrics.WorkersEndpoint`: one
+address, the sum over the workers).
+The proxy's ports are bound by each worker with SO_REUSEPORT (the kernel spreads connections
+across them); each milter listener is bound once, here, and its socket shared by the workers,
+which take connections lowest slot first (:class:`~authfilter.milter.listener.SharedAcceptor`:
+the load fills one worker before it spills to the next), and a restarted worker takes the
+same socket, so no connection waiting in its queue is lost.
 
 Inside a worker: SIGTERM/SIGINT drain (no new connections, transactions in progress finish
 within ``proxy.drain_timeout``, idle sessions get 421), SIGHUP reloads config and policy for
@@ -96,8 +101,8 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int, s
     """One worker: the proxy's and the milter's listeners on one pipeline.  ``metrics_link``
     is its end of the supervisor's metrics link (None: it serves ``metrics.listen`` itself,
     being the only process); ``listening`` is called once every listener is bound;
-    ``milter_sockets``: unix milter sockets the supervisor bound for all workers, which the
-    worker in ``slot`` takes connections from in its turn (lowest slot first)."""
+    ``milter_sockets``: the milter listeners' sockets the supervisor bound for all workers,
+    which the worker in ``slot`` takes connections from in its turn (lowest slot first)."""
     loop = asyncio.get_running_loop()
     executor = make_executor(config)
     metrics = Metrics(standalone=metrics_link is None)
@@ -263,9 +268,8 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
-        try:            # one unix socket for all workers (SO_REUSEPORT is for TCP only)
-            self.milter_sockets = [bind_milter_socket(lc) if lc.address.startswith("unix:")
-                                   else None for lc in milter_listeners(self.config)]
+        try:            # one socket per milter listener for all workers (SharedAcceptor)
+            self.milter_sockets = [bind_milter_socket(lc) for lc in milter_listeners(self.config)]
             self.milter_inodes = {lc.address[5:]: os.stat(lc.address[5:]).st_ino
                                   for lc in self.config.milter.listeners
                                   if lc.address.startswith("unix:")}

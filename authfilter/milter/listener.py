@@ -15,8 +15,8 @@ TCP_NODELAY and TCP_QUICKACK set by each connection).  A unix socket is created 
 stale socket file left by a dead process is removed, anything else at the path (a live
 socket, a symlink, a file) is refused.
 
-Several workers share one unix socket (bound by the supervisor); a :class:`SharedAcceptor` in
-each makes the connections fill the first worker and spill to the next only when it is busy or
+Several workers share one socket per listener, unix or TCP (bound by the supervisor); a
+:class:`SharedAcceptor` in each makes the connections fill the first worker and spill to the next only when it is busy or
 full, instead of spreading them evenly.
 """
 from __future__ import annotations
@@ -66,8 +66,8 @@ class MilterListener:
 
 def bind_milter_socket(listener: MilterListener, *, reuse_port: bool = False) -> socket.socket:
     """A listening, non-blocking socket for ``listener.address``.  For several worker
-    processes on one unix socket, bind it once before forking and give it to each
-    :class:`MilterServer` (``sockets=``); TCP ports are bound by each worker with SO_REUSEPORT."""
+    processes, bind it once before forking and give it to each :class:`MilterServer`
+    (``sockets=``), which then takes its connections through a :class:`SharedAcceptor`."""
     if listener.address.startswith(UNIX_PREFIX):
         return _bind_unix(listener.address[len(UNIX_PREFIX):], listener.socket_mode,
                           listener.socket_group)

@@ -1,5 +1,5 @@
-"""`authfilter serve` runs the milter beside the proxy: `[[milter.listeners]]` on a unix socket
-shared by two workers, the same pipeline, policy and log line.  A Postfix-like MTA side
+"""`authfilter serve` runs the milter beside the proxy: `[[milter.listeners]]` on a socket (unix
+or TCP) shared by two workers, the same pipeline, policy and log line.  A Postfix-like MTA side
 (tests/miltermta.py) talks to it; DNS through the loopback server."""
 import os
 import signal
@@ -7,6 +7,8 @@ import stat
 import subprocess
 import sys
 import time
+
+import pytest
 
 from authfilter.milter.codec import SMFIR_ACCEPT, SMFIR_REPLYCODE
 from authfilter.milter.listener import BUSY_WINDOW
@@ -27,14 +29,17 @@ def deliver(address: str, raw: bytes, mail_from: bytes, queue_id: bytes):
     return outcome
 
 
-def serve_two_workers(zone, tmp_path, sock, stdout, extra: str = "") -> subprocess.Popen:
-    """`authfilter serve`, 2 workers: an idle proxy listener and the milter on ``sock``."""
+def serve_two_workers(zone, tmp_path, milter_address: str, stdout,
+                      extra: str = "") -> subprocess.Popen:
+    """`authfilter serve`, 2 workers: an idle proxy listener and the milter on
+    ``milter_address`` (``unix:PATH``, mode 0600, or ``HOST:PORT``)."""
     config = tmp_path / "authfilter.toml"
     config.write_text(f'[general]\nauthserv_id = "mx.test"\n[dns]\nnameservers = ["{zone.address}"]\n'
                       f'[policy]\ntrusted_networks = []\n'
                       f'[proxy]\nworkers = 2\n{extra}upstream = "127.0.0.1:{free_port()}"\n'
                       f'[[proxy.listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
-                      f'[[milter.listeners]]\naddress = "unix:{sock}"\nsocket_mode = 0o600\n')
+                      f'[[milter.listeners]]\naddress = "{milter_address}"\n'
+                      + ('socket_mode = 0o600\n' if milter_address.startswith("unix:") else ""))
     return subprocess.Popen([sys.executable, "-m", "authfilter", "serve", "--config", str(config)],
                             env=dict(os.environ, STATE_DIRECTORY=str(tmp_path)), cwd=tmp_path,
                             stdout=stdout, stderr=subprocess.STDOUT)
@@ -44,7 +49,7 @@ def test_serve_answers_milter_and_proxy_side_by_side(zone, tmp_path):
     publish_domain(zone, "example.org")
     sock = tmp_path / "run" / "milter.sock"
     sock.parent.mkdir()
-    proc = serve_two_workers(zone, tmp_path, sock, subprocess.PIPE)
+    proc = serve_two_workers(zone, tmp_path, f"unix:{sock}", subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -72,14 +77,19 @@ def test_serve_answers_milter_and_proxy_side_by_side(zone, tmp_path):
     assert not sock.exists()                                 # removed at the end
 
 
-def test_two_workers_fill_the_first_and_the_second_serves_when_it_stalls(zone, tmp_path):
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_two_workers_fill_the_first_and_the_second_serves_when_it_stalls(zone, tmp_path,
+                                                                        transport):
     """At a light load every connection goes to one worker (cheaper than spreading them); a
-    worker that stops answering (SIGSTOP) does not strand them: the other takes over."""
+    worker that stops answering (SIGSTOP) does not strand them: the other takes over.  The
+    same on TCP, where each worker's own SO_REUSEPORT socket would spread them evenly and
+    strand those the kernel gave the stopped one."""
     publish_domain(zone, "example.org")
-    sock = tmp_path / "milter.sock"
+    address = (f"unix:{tmp_path / 'milter.sock'}" if transport == "unix"
+               else f"127.0.0.1:{free_port()}")
     log = tmp_path / "out"
     with log.open("wb") as out:
-        proc = serve_two_workers(zone, tmp_path, sock, out, extra="offload_workers = 0\n")
+        proc = serve_two_workers(zone, tmp_path, address, out, extra="offload_workers = 0\n")
 
     def handled_by() -> list[int]:
         """The worker of each message so far, from its session id (pid in hex)."""
@@ -89,7 +99,6 @@ def test_two_workers_fill_the_first_and_the_second_serves_when_it_stalls(zone, t
     stopped = None
     try:
         assert wait_for(lambda: log.read_text().count("listening on") >= 2), log.read_text()
-        address = f"unix:{sock}"
         for n in range(2):          # warm up: a first message's CPU can make a worker "busy"
             deliver(address, signed(message()), b"<alice@example.org>", b"4QW%d" % n)
         time.sleep(BUSY_WINDOW + 0.2)
