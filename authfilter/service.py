@@ -10,9 +10,9 @@ the new config loads), turns SIGTERM or SIGINT into a drain of every worker and 
 address, the sum over the workers).
 The proxy's ports are bound by each worker with SO_REUSEPORT (the kernel spreads connections
 across them); each milter listener is bound once, here, and its socket shared by the workers,
-which take connections lowest slot first (:class:`~authfilter.milter.listener.SharedAcceptor`:
-the load fills one worker before it spills to the next), and a restarted worker takes the
-same socket, so no connection waiting in its queue is lost.
+which take connections lowest slot first (:mod:`authfilter.milter.acceptor`: the load fills
+one worker before it spills to the next), and a restarted worker takes the same socket, so no
+connection waiting in its queue is lost.
 
 Inside a worker: SIGTERM/SIGINT drain (no new connections, transactions in progress finish
 within ``proxy.drain_timeout``, idle sessions get 421), SIGHUP reloads config and policy for
@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 from .config import Config, ConfigError
 from .memory import keep_freed_buffers
 from .metrics import Metrics, WorkersEndpoint
+from .milter.acceptor import AcceptorBoard
 from .milter.listener import MilterListener, MilterServer, bind_milter_socket
 from .milter.session import MilterLimits
 from .observers import BackgroundObserver, Observer
@@ -97,12 +98,14 @@ def make_executor(config: Config) -> Executor | None:
 async def run_worker(config_path: str | None, config: Config, *, workers: int, slot: int = 0,
                      observer_factory: ObserverFactory, metrics_link: socket.socket | None = None,
                      listening: Callable[[], None] = lambda: None,
-                     milter_sockets: Sequence[socket.socket | None] | None = None) -> int:
+                     milter_sockets: Sequence[socket.socket | None] | None = None,
+                     acceptor_board: AcceptorBoard | None = None) -> int:
     """One worker: the proxy's and the milter's listeners on one pipeline.  ``metrics_link``
     is its end of the supervisor's metrics link (None: it serves ``metrics.listen`` itself,
     being the only process); ``listening`` is called once every listener is bound;
     ``milter_sockets``: the milter listeners' sockets the supervisor bound for all workers,
-    which the worker in ``slot`` takes connections from in its turn (lowest slot first)."""
+    which the worker in ``slot`` takes connections from in its turn (lowest slot first),
+    telling the others on ``acceptor_board``."""
     loop = asyncio.get_running_loop()
     executor = make_executor(config)
     metrics = Metrics(standalone=metrics_link is None)
@@ -114,7 +117,7 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int, s
                           metrics=metrics, limits=milter_limits(config),
                           max_sessions=share(config.milter.max_sessions, workers),
                           reuse_port=workers > 1, sockets=milter_sockets, rank=slot,
-                          ranks=workers, watchdog=server.watchdog)
+                          ranks=workers, board=acceptor_board, watchdog=server.watchdog)
     endpoint = None
     try:
         await server.start()
@@ -270,6 +273,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:            # one socket per milter listener for all workers (SharedAcceptor)
             self.milter_sockets = [bind_milter_socket(lc) for lc in milter_listeners(self.config)]
+            self.acceptor_board = AcceptorBoard(self.workers)
             self.milter_inodes = {lc.address[5:]: os.stat(lc.address[5:]).st_ino
                                   for lc in self.config.milter.listeners
                                   if lc.address.startswith("unix:")}
@@ -358,7 +362,8 @@ class Supervisor:
                                               slot=slot, observer_factory=self.observer_factory,
                                               metrics_link=metrics_link,
                                               listening=lambda: self._say_listening(supervisor),
-                                              milter_sockets=self.milter_sockets))
+                                              milter_sockets=self.milter_sockets,
+                                              acceptor_board=self.acceptor_board))
             except BaseException:
                 log.exception("worker crashed")
             finally:

@@ -16,8 +16,8 @@ stale socket file left by a dead process is removed, anything else at the path (
 socket, a symlink, a file) is refused.
 
 Several workers share one socket per listener, unix or TCP (bound by the supervisor); a
-:class:`SharedAcceptor` in each makes the connections fill the first worker and spill to the next only when it is busy or
-full, instead of spreading them evenly.
+:class:`~.acceptor.SharedAcceptor` in each makes the connections fill the first worker and
+spill to the next only when it is full, busy or stopped, instead of spreading them evenly.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ import os
 import socket
 import stat
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -38,6 +37,7 @@ from ..pipeline import Pipeline
 from ..results import Role
 from ..smtp.server import LISTEN_BACKLOG, bind_listener
 from ..smtp.watchdog import Watchdog, tick_for
+from .acceptor import AcceptorBoard, SharedAcceptor
 from .session import MilterConnection, MilterLimits
 
 log = logging.getLogger("authfilter.milter")
@@ -134,127 +134,6 @@ def _remove_stale(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"another process listens on {path}")
 
 
-# How long a worker of rank 1 waits before it takes a connection from a socket it shares with
-# rank 0, and how much longer each further rank waits: longer than the first worker takes to
-# come back to its loop when Postfix keeps both cores busy (with 5 ms, 28% of the connections
-# spilled over on the peer harness, with 20 ms 10%), short against Postfix's
-# milter_connect_timeout (30 s).
-SPILL_DELAY = 0.020
-SPILL_STEP = 0.005
-# A worker whose process used more than this share of a core over the last BUSY_WINDOW seconds
-# leaves new connections to the next rank, so that one worker is not loaded up to the point
-# where its sessions wait on each other.
-BUSY_SHARE = 0.75
-BUSY_WINDOW = 1.0
-ACCEPT_BATCH = 64              # connections taken per wake-up; the rest wait for the next turn
-ACCEPT_RETRY = 0.1             # after accept() failed for want of descriptors or memory
-
-
-class SharedAcceptor:
-    """Takes connections from a listening socket that several workers share, lowest rank first.
-
-    The kernel tells every worker's loop about a new connection.  Rank 0 takes it at once;
-    rank k >= 1 waits :data:`SPILL_DELAY` + (k - 1) x :data:`SPILL_STEP` and takes it only if it
-    is still waiting, i.e. when every lower rank is busy, full or slow to come back to its loop.
-    So the load fills one worker before the next, and every core is used once the load needs
-    it.  Why not spread evenly: on the peer harness (2 cores, Postfix on the same machine, 4 KB
-    messages at concurrency 20) one worker spent 1.10-1.44 ms of CPU per message and two workers
-    sharing the load evenly 1.54-1.66 ms, each waking up for fewer events with colder caches.
-
-    ``accept(sock)`` is given each new connection.  A worker that is ``full()`` (at its session
-    limit) leaves connections to the others until :meth:`resume`, one that is busy
-    (:data:`BUSY_SHARE`) for :data:`BUSY_WINDOW`; the exception is the last rank, which takes
-    them all (and refuses those over its limit, as a single worker does).
-    """
-
-    def __init__(self, sock: socket.socket, accept: Callable[[socket.socket], None], *,
-                 rank: int, last: bool, full: Callable[[], bool]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._accept = accept
-        self._delay = SPILL_DELAY + (rank - 1) * SPILL_STEP if rank else 0.0
-        self._last = last
-        self._full = full
-        self._sampled = (time.monotonic(), time.process_time())
-        self._busy = False
-        self._watching = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._closed = False
-        self._watch()
-
-    @property
-    def sockets(self) -> tuple[socket.socket, ...]:
-        return (self._sock,)
-
-    def resume(self) -> None:
-        """Take connections again (a session ended, so this worker may have room)."""
-        if self._timer is None:
-            self._watch()
-
-    def close(self) -> None:
-        """Take no more connections and close this process's copy of the socket."""
-        self._unwatch()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._closed = True
-        self._sock.close()
-
-    def _watch(self) -> None:
-        if not self._watching and not self._closed:
-            self._loop.add_reader(self._fd, self._readable)
-            self._watching = True
-
-    def _unwatch(self) -> None:
-        if self._watching:
-            self._loop.remove_reader(self._fd)
-            self._watching = False
-
-    def _readable(self) -> None:
-        if not self._delay:
-            self._take()
-            return
-        self._unwatch()                 # level-triggered: it would be reported again at once
-        self._timer = self._loop.call_later(self._delay, self._after_delay)
-
-    def _after_delay(self) -> None:
-        self._timer = None
-        self._take()
-
-    def _take(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            if not self._last and self._full():
-                self._unwatch()         # the next rank takes them; resume() when one ends
-                return
-            if not self._last and self._is_busy():
-                self._unwatch()         # the next rank takes them; look again in a while, as
-                self._timer = self._loop.call_later(BUSY_WINDOW, self._after_delay)
-                return                  # the busy part may not be milter sessions at all
-            try:
-                connection, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                break                   # another worker took it, or the client gave up
-            except OSError as exc:      # EMFILE, ENOBUFS...: the others may still have room
-                log.warning("milter: cannot accept a connection: %s", exc)
-                self._unwatch()
-                self._timer = self._loop.call_later(ACCEPT_RETRY, self._after_delay)
-                return
-            self._accept(connection)
-        self._watch()
-
-    def _is_busy(self) -> bool:
-        """Whether this process used more than BUSY_SHARE of a core lately (sampled at most
-        once per BUSY_WINDOW: no timer of its own)."""
-        now = time.monotonic()
-        then, cpu_then = self._sampled
-        if now - then >= BUSY_WINDOW:
-            cpu = time.process_time()
-            self._busy = (cpu - cpu_then) > BUSY_SHARE * (now - then)
-            self._sampled = (now, cpu)
-        return self._busy
-
-
 def socket_address(sock: socket.socket) -> str:
     """The address a bound socket listens on, in the listener's syntax."""
     if sock.family == socket.AF_UNIX:
@@ -271,8 +150,9 @@ class MilterServer:
     process (each carries one SMTP session of Postfix).  ``sockets``: per listener, a socket
     already bound with :func:`bind_milter_socket` (None: bound by :meth:`start`); ``rank``
     of ``ranks``: this worker's place among the workers sharing those sockets
-    (:class:`SharedAcceptor`).  ``watchdog``: shared with other front-ends of the process, else
-    the server's own.
+    (:class:`~.acceptor.SharedAcceptor`), who tell each other on ``board`` (made before they
+    were forked).  ``watchdog``: shared with other front-ends of the process, else the
+    server's own.
     """
 
     def __init__(self, listeners: Sequence[MilterListener],
@@ -280,7 +160,7 @@ class MilterServer:
                  limits: MilterLimits = MilterLimits(), max_sessions: int = 200,
                  reuse_port: bool = False,
                  sockets: Sequence[socket.socket | None] | None = None,
-                 rank: int = 0, ranks: int = 1,
+                 rank: int = 0, ranks: int = 1, board: AcceptorBoard | None = None,
                  watchdog: Watchdog | None = None) -> None:
         self.listeners = list(listeners)
         self._pipeline = _in_force(pipeline)
@@ -297,6 +177,7 @@ class MilterServer:
         self.sessions: set[MilterConnection] = set()
         self.draining = False
         self.rank, self.ranks = rank, ranks
+        self.board = board or AcceptorBoard(ranks)
         self._servers: list[asyncio.base_events.Server | SharedAcceptor] = []
         self._acceptors: list[SharedAcceptor] = []
         self._accepting: set[asyncio.Task] = set()    # accepted, not yet counted in sessions
@@ -321,8 +202,7 @@ class MilterServer:
 
             if given is not None and self.ranks > 1:
                 server = SharedAcceptor(given, lambda c, f=connection: self._connect(c, f),
-                                        rank=self.rank, last=self.rank == self.ranks - 1,
-                                        full=self._full)
+                                        rank=self.rank, board=self.board, full=self._full)
                 self._acceptors.append(server)
             elif sock.family == socket.AF_UNIX:
                 server = await loop.create_unix_server(connection, sock=sock,

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from authfilter.milter.codec import SMFIR_ACCEPT, SMFIR_REPLYCODE
-from authfilter.milter.listener import BUSY_WINDOW
+from authfilter.milter.acceptor import BUSY_WINDOW
 from tests.mailtools import header_fields, message, publish_domain, signed
 from tests.miltermta import MilterClient
 from tests.support import free_port, wait_for
