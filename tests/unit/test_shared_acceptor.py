@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from authfilter.milter.acceptor import STALE, TICK, AcceptorBoard, SharedAcceptor
+from authfilter.milter.acceptor import (SPILL_DELAY, STAND_BACK, STALE, TICK, AcceptorBoard,
+                                       SharedAcceptor)
 
 
 class Worker:
@@ -43,7 +44,7 @@ async def connect(listening: socket.socket) -> socket.socket:
     return client
 
 
-async def settle(seconds: float = TICK * 3) -> None:
+async def settle(seconds: float = SPILL_DELAY * 3) -> None:
     await asyncio.sleep(seconds)
 
 
@@ -57,10 +58,26 @@ def test_the_first_rank_takes_connections_while_it_can(listening):
         first, second = Worker(listening, 0, board), Worker(listening, 1, board)
         clients = [await connect(listening) for _ in range(5)]
         await settle()
-        return len(first.taken), len(second.taken), second.acceptor._watching, clients
-    first, second, second_watching, _ = run(go())
+        return len(first.taken), len(second.taken), second.acceptor._mode, clients
+    first, second, second_mode, _ = run(go())
     assert (first, second) == (5, 0)
-    assert not second_watching           # not even woken by them
+    assert second_mode == STAND_BACK     # off the socket: not woken by the next ones
+
+
+def test_idle_workers_run_no_timer_and_a_spare_one_stands_back_only_under_load(listening):
+    async def go():
+        board = AcceptorBoard(2)
+        first, second = Worker(listening, 0, board), Worker(listening, 1, board)
+        idle = (first.acceptor._timer, second.acceptor._timer)
+        client = await connect(listening)
+        await settle()
+        loaded = second.acceptor._mode
+        await asyncio.sleep(STALE + TICK * 2)          # the first's word runs out
+        return idle, loaded, second.acceptor._mode, second.acceptor._timer, len(first.taken), \
+            client
+    idle, loaded, after, timer, taken, _ = run(go())
+    assert idle == (None, None) and taken == 1
+    assert loaded == STAND_BACK and after != STAND_BACK and timer is None
 
 
 def test_a_full_first_rank_leaves_connections_to_the_next(listening):
@@ -74,7 +91,7 @@ def test_a_full_first_rank_leaves_connections_to_the_next(listening):
         return first.taken, second.taken, asked, client
     first, second, asked, _ = run(go())
     assert first == [] and len(second) == 1
-    assert second[0][1] - asked < TICK * 2     # it said so at once; the next looked at its tick
+    assert second[0][1] - asked < SPILL_DELAY + TICK     # the first said so at once
 
 
 def test_a_full_rank_takes_again_once_resumed(listening):
@@ -126,11 +143,11 @@ def test_a_lower_rank_that_stops_saying_it_takes_them_is_taken_over(listening):
         client = await connect(listening)
         await asyncio.sleep(STALE / 2)
         early = len(second.taken)
-        await asyncio.sleep(STALE / 2 + TICK * 2)
+        await asyncio.sleep(STALE / 2 + TICK + SPILL_DELAY + 0.05)
         return early, second.taken, asked, client
     early, taken, asked, _ = run(go())
     assert early == 0 and len(taken) == 1
-    assert STALE * 0.9 <= taken[0][1] - asked < STALE + TICK * 2
+    assert STALE * 0.9 <= taken[0][1] - asked < STALE + TICK + SPILL_DELAY + 0.05
 
 
 def test_a_busy_rank_looks_again_without_a_session_ending(listening, monkeypatch):
@@ -160,5 +177,4 @@ def test_the_board_is_shared_with_forked_workers():
         board.post(0, time.monotonic() + 60)
         os._exit(0)
     os.waitpid(pid, 0)
-    assert board.taken_below(1, time.monotonic())
-    assert not board.taken_below(0, time.monotonic())
+    assert board.mode_for(1, time.monotonic()) == STAND_BACK
