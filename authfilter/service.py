@@ -116,7 +116,7 @@ async def run_worker(config_path: str | None, config: Config, *, workers: int, s
     milter = MilterServer(milter_listeners(config), lambda: server.generation.pipeline,
                           metrics=metrics, limits=milter_limits(config),
                           max_sessions=share(config.milter.max_sessions, workers),
-                          reuse_port=workers > 1, sockets=milter_sockets, rank=slot,
+                          sockets=milter_sockets, rank=slot,
                           ranks=workers, board=acceptor_board, watchdog=server.watchdog)
     endpoint = None
     try:

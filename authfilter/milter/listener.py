@@ -64,14 +64,14 @@ class MilterListener:
     socket_group: str | None = None
 
 
-def bind_milter_socket(listener: MilterListener, *, reuse_port: bool = False) -> socket.socket:
+def bind_milter_socket(listener: MilterListener) -> socket.socket:
     """A listening, non-blocking socket for ``listener.address``.  For several worker
     processes, bind it once before forking and give it to each :class:`MilterServer`
     (``sockets=``), which then takes its connections through a :class:`SharedAcceptor`."""
     if listener.address.startswith(UNIX_PREFIX):
         return _bind_unix(listener.address[len(UNIX_PREFIX):], listener.socket_mode,
                           listener.socket_group)
-    return bind_listener(listener.address, reuse_port=reuse_port)
+    return bind_listener(listener.address, reuse_port=False)
 
 
 POSTFIX_GROUP = "postfix"
@@ -158,7 +158,6 @@ class MilterServer:
     def __init__(self, listeners: Sequence[MilterListener],
                  pipeline: Pipeline | Callable[[], Pipeline], *, metrics: Metrics,
                  limits: MilterLimits = MilterLimits(), max_sessions: int = 200,
-                 reuse_port: bool = False,
                  sockets: Sequence[socket.socket | None] | None = None,
                  rank: int = 0, ranks: int = 1, board: AcceptorBoard | None = None,
                  watchdog: Watchdog | None = None) -> None:
@@ -167,7 +166,6 @@ class MilterServer:
         self.metrics = metrics
         self.limits = limits
         self.max_sessions = max_sessions
-        self.reuse_port = reuse_port
         self._given = list(sockets) if sockets is not None else [None] * len(self.listeners)
         if len(self._given) != len(self.listeners):
             raise ValueError(f"{len(self._given)} sockets for {len(self.listeners)} listeners")
@@ -192,7 +190,7 @@ class MilterServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for listener, given in zip(self.listeners, self._given):
-            sock = given or bind_milter_socket(listener, reuse_port=self.reuse_port)
+            sock = given or bind_milter_socket(listener)
             if given is None and sock.family == socket.AF_UNIX:
                 path = sock.getsockname()
                 self._created.append((path, os.stat(path).st_ino))
