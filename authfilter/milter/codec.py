@@ -411,9 +411,9 @@ class Decoder:
                 if self._needed != MILTER_LEN_BYTES:
                     break
                 self._needed = self._packet_end(pending, 0)     # the length is in: whole packet
-        packet = bytes(pending)
+        event = self._parse(pending[MILTER_LEN_BYTES], memoryview(pending), MILTER_LEN_BYTES + 1)
         pending.clear()
-        return self._packets(packet, 0) + self._packets(data, start)
+        return [event] + self._packets(data, start)
 
     def _macro(self, payload: bytes) -> Macro:
         """Postfix sends the same SMFIC_MACRO before every header field and body chunk
@@ -432,6 +432,15 @@ class Decoder:
         if not 0 < length <= self.max_packet:
             raise self._bad_length(length)
         return pos + MILTER_LEN_BYTES + length
+
+    def _parse(self, command: int, view: memoryview, data: int) -> Event:
+        """The event of the one packet in ``view``, its data from ``data`` on (a packet that
+        spanned reads: its payload is copied once, out of the pending buffer)."""
+        with view:
+            parse = self._parsers.get(command)
+            if parse is None:
+                raise _unknown_command(command)
+            return parse(bytes(view[data:]))
 
     def _bad_length(self, length: int) -> CodecError:
         if length:
@@ -454,7 +463,7 @@ class Decoder:
                 break
             parse = parsers.get(buf[data - 1])
             if parse is None:
-                raise MalformedPacket(f"unknown command byte {buf[data - 1:data]!r}")
+                raise _unknown_command(buf[data - 1])
             append(parse(buf[data:end]))
             pos = end
         else:                                   # no break: what is left is not even a length
@@ -464,6 +473,10 @@ class Decoder:
         with memoryview(buf) as view:
             self._pending += view[pos:]
         return events
+
+
+def _unknown_command(command: int) -> MalformedPacket:
+    return MalformedPacket(f"unknown command byte {bytes([command])!r}")
 
 
 # -- replies -> bytes -----------------------------------------------------------------------
