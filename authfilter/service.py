@@ -98,7 +98,7 @@ def make_executor(config: Config) -> Executor | None:
 async def run_worker(config_path: str | None, config: Config, *, workers: int, slot: int = 0,
                      observer_factory: ObserverFactory, metrics_link: socket.socket | None = None,
                      listening: Callable[[], None] = lambda: None,
-                     milter_sockets: Sequence[socket.socket | None] | None = None,
+                     milter_sockets: Sequence[socket.socket] | None = None,
                      acceptor_board: AcceptorBoard | None = None) -> int:
     """One worker: the proxy's and the milter's listeners on one pipeline.  ``metrics_link``
     is its end of the supervisor's metrics link (None: it serves ``metrics.listen`` itself,
